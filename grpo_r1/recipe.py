@@ -1,0 +1,447 @@
+"""The recipe: one YAML file that describes a run, validated once into typed objects.
+
+A recipe has these sections, each a dataclass below:
+
+    model       which model to load and how (backend, dtype, quantisation)
+    lora        the LoRA adapter that is trained
+    data        where the questions come from and how prompts are built
+    rewards     the reward functions, each with a weight
+    generation  the engine that samples completions and its sampling settings
+    training    any field of TRL's GRPOConfig (checked against the real dataclass)
+    logging     W&B project, run name, tags
+    run         run folder and seed
+
+`load_recipe(path, overrides)` reads the YAML, applies `a.b=value` overrides, and checks every
+key and type. Unknown keys are errors that name the closest valid key; wrong types name the
+key and what was expected. Nothing else in grpo_r1 reads YAML or environment-style settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from grpo_r1.errors import RecipeError
+
+R1_SYSTEM_PROMPT = (
+    "Respond in the following format:\n"
+    "<reasoning>\n...\n</reasoning>\n"
+    "<answer>\n...\n</answer>"
+)
+
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class ModelConfig:
+    """The base model. `name_or_path` is a built-in name (see `grpo_r1.builtin_models`),
+    a local Hugging Face folder, or a hub id."""
+
+    name_or_path: str = "smollm2-135m"
+    backend: Literal["transformers", "unsloth"] = "transformers"
+    # "auto": bfloat16 on a GPU that supports it, float16 on other GPUs, float32 on CPU.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # 4-bit QLoRA through bitsandbytes (needs a CUDA GPU).
+    load_in_4bit: bool = False
+    # Longest prompt + completion the model is prepared for (Unsloth and vLLM size their buffers by it).
+    max_seq_length: int = 1024
+    # True: recompute activations in the backward pass; "unsloth": Unsloth's offloaded variant.
+    gradient_checkpointing: bool | Literal["unsloth"] = True
+    # "pretrained" loads weights; "random" builds `architecture` at random init (benchmarks only).
+    init: Literal["pretrained", "random"] = "pretrained"
+    # Tokenizer folder or hub id when it differs from the model's.
+    tokenizer: str | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class LoraConfig:
+    """The LoRA adapter trained on top of the frozen base model."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+
+
+@dataclass
+class DataConfig:
+    """Where questions come from.
+
+    `source` is "gsm8k" (the hub's openai/gsm8k), "arithmetic" (grade-school word problems
+    generated from `seed`, no files needed), a local .jsonl/.parquet file or a folder of them,
+    or another hub dataset id. Rows must hold a question and a GSM8K-style answer ending in
+    `#### N`.
+    """
+
+    source: str = "arithmetic"
+    split: str = "train"
+    hub_config: str = "main"
+    question_column: str = "question"
+    answer_column: str = "answer"
+    system_prompt: str = R1_SYSTEM_PROMPT
+    # Keep at most this many rows (after shuffling with the run's seed).
+    limit: int | None = None
+    # The arithmetic generator: how many problems, and the most operations in one problem.
+    arithmetic_examples: int = 2000
+    arithmetic_max_ops: int = 2
+
+
+@dataclass
+class RewardSpec:
+    """One reward function. `name` is a built-in name, "package.module:function" or
+    "path/to/file.py:function". With `kwargs`, the named object is a factory called with them."""
+
+    name: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_rewards() -> list[RewardSpec]:
+    names = ["xml_count", "soft_format", "strict_format", "int_answer", "correctness"]
+    return [RewardSpec(name) for name in names]
+
+
+@dataclass
+class GenerationConfig:
+    """How completions are sampled. `engine`: "hf" (TRL's built-in generate), "vllm" (an
+    in-process vLLM engine fed the adapter each step), "unsloth" (Unsloth's fast_inference,
+    needs `model.backend: unsloth` and a GPU)."""
+
+    engine: Literal["hf", "vllm", "unsloth"] = "hf"
+    num_generations: int = 4
+    max_completion_length: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # Fraction of GPU memory the vLLM engine may hold (vllm and unsloth engines).
+    gpu_memory_utilization: float = 0.5
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go. metrics.jsonl in the run folder is always written."""
+
+    report_to: Literal["wandb", "none"] = "wandb"
+    project: str = "grpo_r1"
+    run_name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # None: WANDB_MODE from the environment if set, else "online" when W&B has an API key,
+    # else "offline" (files in the run folder, sync later with `wandb sync`).
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    logging_steps: int = 1
+
+
+@dataclass
+class RunConfig:
+    """The run folder and seed. `output_dir` defaults to runs/<run name>."""
+
+    output_dir: str | None = None
+    seed: int = 42
+
+
+# GRPOConfig fields that other sections own, with where to set them instead.
+_OWNED_ELSEWHERE = {
+    "output_dir": "run.output_dir",
+    "seed": "run.seed",
+    "num_generations": "generation.num_generations",
+    "max_completion_length": "generation.max_completion_length",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "use_vllm": "generation.engine",
+    "vllm_mode": "generation.engine",
+    "vllm_gpu_memory_utilization": "generation.gpu_memory_utilization",
+    "reward_weights": "rewards[].weight",
+    "report_to": "logging.report_to",
+    "run_name": "logging.run_name",
+    "logging_steps": "logging.logging_steps",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "bf16": "model.dtype",
+    "fp16": "model.dtype",
+}
+
+# Defaults grpo_r1 gives GRPOConfig fields where TRL's own default suits a LoRA run badly.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "beta": 0.04,  # a KL penalty against the base model (the adapter disabled)
+    "learning_rate": 5e-6,
+    "per_device_train_batch_size": 8,
+    "max_steps": 100,
+    "save_steps": 50,
+}
+
+
+@dataclass
+class Recipe:
+    """A validated run description. Build it with `load_recipe` or `recipe_from_dict`."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: list[RewardSpec] = field(default_factory=_seed_rewards)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    training: dict[str, Any] = field(default_factory=dict)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    # The recipe file's folder: relative reward file paths are looked up there first.
+    base_dir: Path | None = field(default=None, compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data, every default filled in (what `recipe.yaml` in a run folder holds)."""
+        out = dataclasses.asdict(self)
+        out.pop("base_dir")
+        out["training"] = {**TRAINING_DEFAULTS, **self.training}
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe YAML file, apply `dotted.key=value` overrides, and validate it.
+
+    Raises RecipeError naming the file, the key and the fix for any problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist; pass the path of a YAML recipe, e.g. recipes/smollm2_gsm8k_cpu.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (model:, data:, ...), got {type(data).__name__}")
+    for item in overrides:
+        apply_override(data, item)
+    recipe = recipe_from_dict(data, source=str(path))
+    recipe.base_dir = path.resolve().parent
+    return recipe
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one command-line override `a.b.c=value` to raw recipe data, in place.
+
+    The value is parsed as YAML (`5` is an int, `[a, b]` a list, `null` None). A number in
+    the path indexes a list: `rewards.0.weight=2`.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"override {item!r} is not of the form section.key=value (e.g. training.max_steps=5)")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = node[_list_index(node, part, here, item)]
+            continue
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise RecipeError(f"override {item!r}: {here!r} is a single value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, key, item)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, here: str, item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"override {item!r}: {here!r} indexes a list of {len(node)} items; use an index from 0 to {len(node) - 1}")
+    return int(part)
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate raw recipe data (as read from YAML) into a Recipe."""
+    recipe = _build_dataclass(Recipe, data, prefix="", source=source, skip={"base_dir"})
+    recipe.training = _check_training(recipe.training, source)
+    _check_consistency(recipe, source)
+    return recipe
+
+
+def _build_dataclass(cls: type, data: Any, prefix: str, source: str, skip: set[str] = frozenset()) -> Any:
+    where = prefix.rstrip(".") or "the recipe"
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: {where!r} must be a mapping of keys, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    for key in data:
+        if key not in names:
+            raise RecipeError(f"{source}: unknown key {prefix + str(key)!r}{_did_you_mean(str(key), names, prefix)}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name in names and f.name not in data
+        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise RecipeError(f"{source}: {where!r} needs the key {prefix + missing[0]!r}")
+    values = {key: _coerce(hints[key], value, prefix + key, source) for key, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    """Check `value` against the type `hint`; return it (built into a dataclass where the hint is one)."""
+    if dataclasses.is_dataclass(hint):
+        if hint is RewardSpec and isinstance(value, str):
+            value = {"name": value}
+        return _build_dataclass(hint, value, key + ".", source)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source)
+            except RecipeError as e:
+                errors.append(e)
+        raise RecipeError(f"{source}: {key!r} must be {_expected(hint)}, got {_describe(value)}")
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        raise RecipeError(f"{source}: {key!r} must be one of {', '.join(repr(a) for a in args)}, got {_describe(value)}"
+                          f"{_did_you_mean(str(value), [str(a) for a in args], '')}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{source}: {key!r} must be {_expected(hint)}, got {_describe(value)}")
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: {key!r} must be a mapping, got {_describe(value)}")
+        return dict(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Path:
+        if isinstance(value, str):
+            return Path(value)
+    else:
+        # Enums and other types of GRPOConfig fields: TRL converts strings itself.
+        return value
+    raise RecipeError(f"{source}: {key!r} must be {_expected(hint)}, got {_describe(value)}")
+
+
+def _check_training(training: dict[str, Any], source: str) -> dict[str, Any]:
+    """Check `training:` keys and types against TRL's GRPOConfig dataclass."""
+    from trl import GRPOConfig  # imported here: TRL takes seconds to import
+
+    fields = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.init}
+    hints = typing.get_type_hints(GRPOConfig)
+    checked = {}
+    for key, value in training.items():
+        if key in _OWNED_ELSEWHERE:
+            raise RecipeError(f"{source}: 'training.{key}' is set by {_OWNED_ELSEWHERE[key]!r} in grpo_r1 recipes; set it there")
+        if key not in fields:
+            raise RecipeError(f"{source}: unknown key 'training.{key}' (not a field of TRL's GRPOConfig)"
+                              f"{_did_you_mean(key, list(fields), 'training.')}")
+        checked[key] = _coerce(hints[key], value, f"training.{key}", source)
+    return checked
+
+
+def _check_consistency(recipe: Recipe, source: str) -> None:
+    """Checks that span sections; each names the keys to change."""
+    gen, model = recipe.generation, recipe.model
+    if gen.engine == "unsloth" and model.backend != "unsloth":
+        raise RecipeError(f"{source}: generation.engine 'unsloth' needs model.backend 'unsloth' (Unsloth's fast_inference shares the model's weights)")
+    if model.gradient_checkpointing == "unsloth" and model.backend != "unsloth":
+        raise RecipeError(f"{source}: model.gradient_checkpointing 'unsloth' needs model.backend 'unsloth'; use true for the transformers backend")
+    positive = {
+        "generation.num_generations": gen.num_generations,
+        "generation.max_completion_length": gen.max_completion_length,
+        "model.max_seq_length": model.max_seq_length,
+        "lora.r": recipe.lora.r,
+        "data.arithmetic_examples": recipe.data.arithmetic_examples,
+        "data.arithmetic_max_ops": recipe.data.arithmetic_max_ops,
+        "logging.logging_steps": recipe.logging.logging_steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise RecipeError(f"{source}: {key!r} must be at least 1, got {value}")
+    if gen.num_generations < 2:
+        raise RecipeError(f"{source}: 'generation.num_generations' must be at least 2: GRPO compares completions within a group")
+    if not 0.0 < gen.gpu_memory_utilization <= 1.0:
+        raise RecipeError(f"{source}: 'generation.gpu_memory_utilization' is a fraction in (0, 1], got {gen.gpu_memory_utilization}")
+    if not 0.0 <= recipe.lora.dropout < 1.0:
+        raise RecipeError(f"{source}: 'lora.dropout' is a probability in [0, 1), got {recipe.lora.dropout}")
+    if recipe.data.limit is not None and recipe.data.limit < 1:
+        raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
+    if not recipe.rewards:
+        raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
+    if model.init == "random" and not model.tokenizer:
+        raise RecipeError(f"{source}: model.init 'random' builds an architecture with no weights; set model.tokenizer to a tokenizer folder")
+    training = {**TRAINING_DEFAULTS, **recipe.training}
+    batch = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1)
+    per_generation = training.get("generation_batch_size") or batch * (training.get("steps_per_generation") or 1)
+    if per_generation % gen.num_generations:
+        raise RecipeError(
+            f"{source}: generation.num_generations ({gen.num_generations}) must divide the completions sampled per "
+            f"generation round ({per_generation} = training.per_device_train_batch_size x gradient_accumulation_steps"
+            f"{' x steps_per_generation' if training.get('steps_per_generation') else ''}); e.g. set "
+            f"training.per_device_train_batch_size={gen.num_generations * max(1, batch // gen.num_generations)}"
+        )
+    if training.get("beta", 0.0) < 0:
+        raise RecipeError(f"{source}: 'training.beta' (the KL weight) must be >= 0, got {training['beta']}")
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def _did_you_mean(key: str, options: list[str], prefix: str) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {prefix + close[0]!r}?"
+    return f"; valid keys here: {', '.join(options)}" if len(options) <= 12 else ""
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _expected(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_expected(a) for a in args if a is not type(None)]
+        text = " or ".join(parts)
+        return text + " or null" if type(None) in args else text
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list, each item {_expected(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
