@@ -54,8 +54,6 @@ class ModelConfig:
     max_seq_length: int = 1024
     # True: recompute activations in the backward pass; "unsloth": Unsloth's offloaded variant.
     gradient_checkpointing: bool | Literal["unsloth"] = True
-    # "pretrained" loads weights; "random" builds `architecture` at random init (benchmarks only).
-    init: Literal["pretrained", "random"] = "pretrained"
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None
     trust_remote_code: bool = False
@@ -397,8 +395,6 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
     if not recipe.rewards:
         raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
-    if model.init == "random" and not model.tokenizer:
-        raise RecipeError(f"{source}: model.init 'random' builds an architecture with no weights; set model.tokenizer to a tokenizer folder")
     training = {**TRAINING_DEFAULTS, **recipe.training}
     batch = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1)
     per_generation = training.get("generation_batch_size") or batch * (training.get("steps_per_generation") or 1)

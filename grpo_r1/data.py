@@ -1,0 +1,187 @@
+"""Questions for GRPO: GSM8K (hub or local files) or generated arithmetic word problems.
+
+Every source ends up as a `datasets.Dataset` with these columns, which reward functions see
+as keyword arguments:
+
+    prompt    chat messages: the recipe's system prompt, then the question
+    question  the question text
+    answer    the gold final answer, the number after `#### ` with commas removed ("1000")
+    solution  the full reference solution, ending in `#### N`
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import zlib
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from grpo_r1.errors import DataError
+from grpo_r1.recipe import DataConfig
+
+GSM8K_HUB_ID = "openai/gsm8k"
+_FINAL_ANSWER = re.compile(r"####\s*(.+?)\s*$")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def parse_gold_answer(solution: str) -> str | None:
+    """The final answer of a GSM8K-style solution (`... #### 1,000` gives "1000"), or None."""
+    found = _FINAL_ANSWER.search(solution.strip())
+    if not found:
+        return None
+    value = found.group(1).replace(",", "").replace("$", "").strip()
+    return value if _NUMBER.fullmatch(value) else None
+
+
+def build_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:
+    """The chat messages for one question; no system message when `system_prompt` is empty."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": question}]
+
+
+def load_questions(cfg: DataConfig, seed: int, split: str | None = None) -> datasets.Dataset:
+    """Load `cfg.source` (split `split`, default `cfg.split`) into the columns described above."""
+    split = split or cfg.split
+    if cfg.source == "arithmetic":
+        raw = arithmetic_problems(cfg.arithmetic_examples, seed=seed + zlib.crc32(split.encode()), max_ops=cfg.arithmetic_max_ops)
+        question_column, answer_column = "question", "answer"
+    else:
+        raw = _load_raw(cfg, split)
+        question_column, answer_column = cfg.question_column, cfg.answer_column
+        missing = [c for c in (question_column, answer_column) if c not in raw.column_names]
+        if missing:
+            raise DataError(
+                f"dataset {cfg.source!r} (split {split!r}) has no column {missing[0]!r}; its columns are "
+                f"{raw.column_names}. Set data.question_column / data.answer_column to the right names"
+            )
+    if len(raw) == 0:
+        raise DataError(f"dataset {cfg.source!r} (split {split!r}) is empty; point data.source at a file with rows")
+
+    questions, solutions = raw[question_column], raw[answer_column]
+    golds = []
+    for index, solution in enumerate(solutions):
+        gold = parse_gold_answer(str(solution)) if solution is not None else None
+        if gold is None:
+            excerpt = str(solution)[-60:].replace("\n", " ")
+            raise DataError(
+                f"dataset {cfg.source!r} row {index}: column {answer_column!r} must end with '#### <number>' as "
+                f"GSM8K answers do, got ...{excerpt!r}; fix the row or set data.answer_column"
+            )
+        golds.append(gold)
+    table = datasets.Dataset.from_dict({
+        "prompt": [build_prompt(str(q), cfg.system_prompt) for q in questions],
+        "question": [str(q) for q in questions],
+        "answer": golds,
+        "solution": [str(s) for s in solutions],
+    })
+    if cfg.limit is not None and cfg.limit < len(table):
+        table = table.shuffle(seed=seed).select(range(cfg.limit))
+    return table
+
+
+def _load_raw(cfg: DataConfig, split: str) -> datasets.Dataset:
+    source = cfg.source
+    path = Path(source).expanduser()
+    if path.exists():
+        return _load_local(path, split)
+    if source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
+        raise DataError(f"data.source {source!r} does not exist; give an existing .jsonl/.parquet file or folder, 'gsm8k' or 'arithmetic'")
+    hub_id = GSM8K_HUB_ID if source == "gsm8k" else source
+    try:
+        return datasets.load_dataset(hub_id, cfg.hub_config or None, split=split)
+    except ValueError as e:
+        if "split" in str(e).lower():
+            raise DataError(f"dataset {hub_id!r} has no split {split!r}: {e}") from None
+        raise DataError(f"dataset {hub_id!r} could not be loaded: {e}") from None
+    except Exception as e:  # network, missing repo, gated access: datasets raises many kinds
+        raise DataError(
+            f"dataset {hub_id!r} could not be loaded from the Hugging Face hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); without network, download it once and set data.source "
+            f"to the local folder or file (jsonl/parquet with columns question and answer)"
+        ) from None
+
+
+def _load_local(path: Path, split: str) -> datasets.Dataset:
+    """A .jsonl/.json/.parquet file, or a folder holding `<split>.jsonl`, `<split>-*.parquet`, ..."""
+    if path.is_file():
+        files = [path]
+    else:
+        patterns = [f"{split}.jsonl", f"{split}.json", f"{split}.parquet", f"{split}-*.parquet",
+                    f"*/{split}-*.parquet", f"{split}/*.parquet", f"{split}/*.jsonl"]
+        files = next((sorted(path.glob(p)) for p in patterns if sorted(path.glob(p))), [])
+        if not files:
+            present = sorted(p.name for p in path.iterdir())[:10]
+            raise DataError(f"folder {str(path)!r} has no file for split {split!r} (looked for {split}.jsonl, "
+                            f"{split}.parquet, {split}-*.parquet); it holds {present}. Set data.split or data.source")
+    kinds = {f.suffix for f in files}
+    if len(kinds) != 1 or kinds.pop() not in (".jsonl", ".json", ".parquet"):
+        raise DataError(f"data files must be .jsonl, .json or .parquet, got {[f.name for f in files]}")
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as e:
+        raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {str(e).splitlines()[0]}") from None
+
+
+# ----------------------------------------------------------------------------- arithmetic generator
+
+_NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jamal", "Kira", "Liam",
+          "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tara"]
+_ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "books", "shells", "cards", "stamps", "coins"]
+
+
+def arithmetic_problems(count: int, seed: int, max_ops: int = 2) -> datasets.Dataset:
+    """`count` grade-school word problems with integer answers, the same for the same seed.
+
+    Each problem starts with a quantity and applies 1 to `max_ops` operations (add, take away,
+    multiply, share equally). Solutions are written the way GSM8K's are, calculator
+    annotations and `#### N` included, so everything downstream treats them alike.
+    """
+    rng = random.Random(seed)
+    rows: dict[str, list[Any]] = {"question": [], "answer": []}
+    for _ in range(count):
+        question, solution = _one_problem(rng, rng.randint(1, max_ops))
+        rows["question"].append(question)
+        rows["answer"].append(solution)
+    return datasets.Dataset.from_dict(rows)
+
+
+def _one_problem(rng: random.Random, ops: int) -> tuple[str, str]:
+    name, friend = rng.sample(_NAMES, 2)
+    item = rng.choice(_ITEMS)
+    total = rng.randint(2, 30)
+    sentences = [f"{name} has {total} {item}."]
+    steps = []
+    for _ in range(ops):
+        kind = rng.choice(["add", "sub", "mul", "div"])
+        if kind == "div":
+            divisors = [d for d in (2, 3, 4, 5) if total % d == 0 and total // d > 0]
+            kind = "div" if divisors else "add"
+        if kind == "sub" and total < 2:
+            kind = "add"
+        if kind == "add":
+            n = rng.randint(1, 30)
+            sentences.append(f"{name} gets {n} more {item} from {friend}.")
+            steps.append((f"{total}+{n}", total + n, f"After getting {n} more, {name} has"))
+            total += n
+        elif kind == "sub":
+            n = rng.randint(1, total - 1)
+            sentences.append(f"{name} gives {n} {item} to {friend}.")
+            steps.append((f"{total}-{n}", total - n, f"After giving away {n}, {name} has"))
+            total -= n
+        elif kind == "mul":
+            n = rng.randint(2, 4)
+            sentences.append(f"Then the number of {item} {name} has becomes {n} times as large.")
+            steps.append((f"{total}*{n}", total * n, f"{n} times as many is"))
+            total *= n
+        else:
+            n = rng.choice(divisors)
+            sentences.append(f"{name} splits the {item} equally into {n} boxes and keeps one box.")
+            steps.append((f"{total}/{n}", total // n, f"One of {n} equal boxes holds"))
+            total //= n
+    sentences.append(f"How many {item} does {name} have now?")
+    lines = [f"{text} {expr} = <<{expr}={value}>>{value} {item}." for expr, value, text in steps]
+    return " ".join(sentences), "\n".join(lines + [f"#### {total}"])
