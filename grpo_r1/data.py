@@ -123,6 +123,8 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as e:
+        if "corresponds to no data" in str(e):  # datasets' word for files without rows
+            raise DataError(f"dataset {str(path)!r} is empty; point data.source at a file with rows") from None
         raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {str(e).splitlines()[0]}") from None
 
 

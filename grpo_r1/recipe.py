@@ -103,8 +103,9 @@ class RewardSpec:
 
 
 def _seed_rewards() -> list[RewardSpec]:
-    names = ["xml_count", "soft_format", "strict_format", "int_answer", "correctness"]
-    return [RewardSpec(name) for name in names]
+    from rewards import SEED_REWARDS
+
+    return [RewardSpec(name) for name in SEED_REWARDS]
 
 
 @dataclass
@@ -247,6 +248,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
             node = node[_list_index(node, part, here, item)]
             continue
         if node.get(part) is None:
+            if parts[depth + 1].isdigit():
+                raise RecipeError(f"override {item!r}: the recipe has no {here!r} list to index; write the list in the recipe file")
             node[part] = {}
         node = node[part]
         if not isinstance(node, (dict, list)):
@@ -438,6 +441,10 @@ def _expected(hint: Any) -> str:
     if origin is list:
         return f"a list, each item {_expected(args[0])}" if args else "a list"
     if origin is dict:
+        return "a mapping"
+    if hint is RewardSpec:
+        return "a reward name or a mapping with name, weight and kwargs"
+    if dataclasses.is_dataclass(hint):
         return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
     return names.get(hint, getattr(hint, "__name__", str(hint)))
