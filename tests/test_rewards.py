@@ -178,7 +178,19 @@ def test_graded_format_partial_credit():
 
 # --- correctness -----------------------------------------------------------------------------------
 
-CORRECT_VARIANTS = ["72", "72.0", "$72", " 72 ", "\n72\n", "72.", "72 clips", "72 clips.", "$72.00", "\\boxed{72}", "x = 72"]
+CORRECT_VARIANTS = [
+    "72",
+    "72.0",
+    "$72",
+    " 72 ",
+    "\n72\n",
+    "72.",
+    "72 clips",
+    "72 clips.",
+    "$72.00",
+    "\\boxed{72}",
+    "x = 72",
+]
 WRONG_VARIANTS = ["73", "720", "7.2", "72 or 73", "", "seventy"]
 
 
@@ -329,7 +341,16 @@ def test_extract_answer():
 
 
 def test_find_numbers():
-    assert find_numbers("10-3 = 7, x = -5, 1,000 and 1,0000, $2.50.") == ["10", "3", "7", "-5", "1,000", "1", "0000", "2.50"]
+    assert find_numbers("10-3 = 7, x = -5, 1,000 and 1,0000, $2.50.") == [
+        "10",
+        "3",
+        "7",
+        "-5",
+        "1,000",
+        "1",
+        "0000",
+        "2.50",
+    ]
     assert single_number("It is 72.") == 72
     assert single_number("3/4") is None
 

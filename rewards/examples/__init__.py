@@ -1,0 +1,1 @@
+"""Worked examples of custom rewards; see rewards/README.md."""
