@@ -24,7 +24,7 @@ def length_penalty(max_chars: int = 1000, per_char: float = 0.001) -> Callable[.
         raise ValueError(f"max_chars and per_char must be >= 0, got max_chars={max_chars}, per_char={per_char}")
 
     def reward(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        lengths = [len(completion_text(completion)) for completion in completions]
-        return [-per_char * max(0, length - max_chars) for length in lengths]
+        excess = [max(0, len(completion_text(completion)) - max_chars) for completion in completions]
+        return [-per_char * chars if chars else 0.0 for chars in excess]
 
     return reward
