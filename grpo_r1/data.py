@@ -120,12 +120,15 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     if len(kinds) != 1 or kinds.pop() not in (".jsonl", ".json", ".parquet"):
         raise DataError(f"data files must be .jsonl, .json or .parquet, got {[f.name for f in files]}")
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    datasets.disable_progress_bars()  # local files load in a blink; keep the terminal for errors
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as e:
         if "corresponds to no data" in str(e):  # datasets' word for files without rows
             raise DataError(f"dataset {str(path)!r} is empty; point data.source at a file with rows") from None
         raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {str(e).splitlines()[0]}") from None
+    finally:
+        datasets.enable_progress_bars()
 
 
 # ----------------------------------------------------------------------------- arithmetic generator

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ R1_SYSTEM_PROMPT = (
     "<reasoning>\n...\n</reasoning>\n"
     "<answer>\n...\n</answer>"
 )
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -340,6 +343,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-3 (no dot) as a string
     elif hint is str:
         if isinstance(value, str):
             return value

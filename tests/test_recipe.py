@@ -32,6 +32,7 @@ def test_shipped_recipes_exist():
 
 def test_values_and_defaults_are_typed(tmp_path):
     recipe = load_recipe(write(tmp_path, "lora: {r: 8}\ntraining: {max_steps: 3, learning_rate: 1}\n"))
+    assert load_recipe(write(tmp_path, "training: {learning_rate: 1e-3}"), ["lora.dropout=5e-2"]).training["learning_rate"] == 1e-3
     assert recipe.lora.r == 8
     assert recipe.lora.alpha == 32  # default kept
     assert recipe.training["learning_rate"] == 1.0 and isinstance(recipe.training["learning_rate"], float)
