@@ -712,3 +712,9 @@ def _wrong_answer(answer: str) -> str:
         return f"not {answer}"
     wrong = value + 1
     return str(wrong.numerator) if wrong.denominator == 1 else f"{float(wrong):g}"
+
+
+if __name__ == "__main__":
+    from grpo_r1.reward_check import main
+
+    sys.exit(main())

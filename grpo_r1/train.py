@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("recipe", help="path of the recipe YAML file")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings that replace the recipe's")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         result = train(recipe, overwrite=args.overwrite, recipe_name=Path(args.recipe).stem)
