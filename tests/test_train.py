@@ -128,3 +128,21 @@ def test_bad_recipes_fail_before_any_model_loads(monkeypatch, capsys, tmp_path, 
     assert err.startswith("error: ") and expected in err
     assert len(err.strip().splitlines()) == 1, "the error is one line"
     assert not (tmp_path / "run").exists(), "a refused run leaves no folder"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["model.backend=unsloth"], "model.backend 'unsloth' needs a CUDA GPU"),
+    (["model.backend=unsloth", "generation.engine=unsloth"], "model.backend 'unsloth' needs a CUDA GPU"),
+    (["model.load_in_4bit=true"], "model.load_in_4bit needs a CUDA GPU"),
+    (["model.name_or_path=./no/such/model"], "is not a folder"),
+])
+def test_models_that_cannot_load_here_fail_first(monkeypatch, capsys, tmp_path, overrides, expected):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("these refusals are for machines without a GPU")
+    monkeypatch.setattr("grpo_r1.model.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    code = train_module.main([str(CPU_RECIPE), f"run.output_dir={tmp_path / 'run'}", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, err
+    assert not (tmp_path / "run").exists()
