@@ -1,0 +1,182 @@
+"""What every generation engine is: the interface, its sampling settings and its output.
+
+An engine has one job: given token-id prompts and the trainer's current LoRA adapter,
+sample completions and report, for every sampled token, its log-probability under the
+distribution it was sampled from (the model's logits divided by the temperature).
+TRL turns those into the importance-sampling correction and the
+`sampling/sampling_logp_difference/*` metrics; see `grpo_r1.engines.rollout`.
+
+Engines never see chat messages or the trainer: `rollout.py` tokenizes and regroups.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from grpo_r1.errors import EngineError
+
+# The LoRA ranks vLLM 0.32 accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are sampled; the same for every engine.
+
+    `temperature` must equal GRPOConfig.temperature: the trainer divides its logits by it
+    before comparing log-probabilities with the engine's.
+    """
+
+    max_completion_length: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
+    max_seq_length: int = 1024  # prompt + completion, the engine's context size
+
+    def __post_init__(self) -> None:
+        if self.max_completion_length < 1:
+            raise EngineError(f"generation.max_completion_length must be at least 1, got {self.max_completion_length}")
+        if not self.temperature > 0:
+            raise EngineError(f"generation.temperature must be > 0 for GRPO's sampling engines, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise EngineError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_seq_length <= self.max_completion_length:
+            raise EngineError(
+                f"model.max_seq_length ({self.max_seq_length}) leaves no room for a prompt before "
+                f"generation.max_completion_length ({self.max_completion_length}) tokens; raise max_seq_length"
+            )
+
+    def max_tokens_for(self, prompt_length: int) -> int:
+        """How many tokens a completion of a `prompt_length`-token prompt may have."""
+        room = self.max_seq_length - prompt_length
+        if room < 1:
+            raise EngineError(
+                f"a prompt of {prompt_length} tokens does not fit model.max_seq_length={self.max_seq_length}; "
+                f"raise model.max_seq_length or shorten the prompts"
+            )
+        return min(self.max_completion_length, room)
+
+
+@dataclass
+class Completion:
+    """One sampled completion: its token ids and each token's sampling log-probability."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str | None = None  # "stop" (an end token) or "length"
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise EngineError(
+                f"the engine returned {len(self.token_ids)} tokens but {len(self.logprobs)} logprobs for one "
+                f"completion; this is a bug in the engine"
+            )
+
+
+class Engine(ABC):
+    """A generation engine that serves the trainer's LoRA adapter.
+
+    Usage, once per generation round (`rollout.py` does this for TRL):
+        engine.sync(peft_model, version=trainer.state.global_step)   # cheap when unchanged
+        groups = engine.generate(prompt_ids, counts)                  # counts[i] completions of prompt i
+    """
+
+    name: str = "engine"
+
+    def __init__(self, sampling: SamplingSettings) -> None:
+        self.sampling = sampling
+        self.version: int | None = None  # the adapter version it serves, None before the first sync
+        self.adapter_loads = 0  # adapter versions handed to the engine so far
+        self._served: tuple[int, int] | None = None  # (id of the model, version) now served
+
+    def is_served(self, model: Any, version: int) -> bool:
+        """Whether `model`'s adapter at `version` is the one the engine serves now."""
+        return self._served == (id(model), version)
+
+    def _mark_served(self, model: Any, version: int) -> None:
+        self._served = (id(model), version)
+        self.version = version
+        self.adapter_loads += 1
+
+    @abstractmethod
+    def sync(self, model: Any, version: int) -> bool:
+        """Serve `model`'s active LoRA adapter as `version` from now on.
+
+        Does nothing and returns False when this model's `version` is already served (the
+        version is the trainer's global_step); returns True when the adapter was handed over.
+        """
+
+    @abstractmethod
+    def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[Completion]]:
+        """Sample `counts[i]` completions of `prompt_ids[i]` with the served adapter."""
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Log-probabilities (temperature 1) of given completions under the served adapter."""
+        raise NotImplementedError(f"the {self.name} engine cannot score fixed completions")
+
+    def close(self) -> None:
+        """Free what the engine holds (memory, temporary folders). Safe to call twice."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of rank `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise EngineError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; lora.r={rank} is larger, lower it")
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    """Every token that ends a completion: the model's declared eos ids and the tokenizer's (as TRL does)."""
+    ids: list[int] = []
+    generation_config = getattr(model, "generation_config", None)
+    declared = getattr(generation_config, "eos_token_id", None)
+    if isinstance(declared, int):
+        ids.append(declared)
+    elif declared:
+        ids.extend(int(i) for i in declared)
+    tokenizer_eos = getattr(tokenizer, "eos_token_id", None)
+    if tokenizer_eos is not None and tokenizer_eos not in ids:
+        ids.insert(0, int(tokenizer_eos))
+    if not ids:
+        raise EngineError("neither the model's generation_config nor the tokenizer names an eos token; "
+                          "set tokenizer.eos_token so completions can end")
+    return tuple(ids)
+
+
+def completions_from_vllm(outputs: Sequence[Any], counts: Sequence[int]) -> list[list[Completion]]:
+    """Turn vLLM `RequestOutput`s (one per prompt, `n=counts[i]` samples, logprobs=0) into Completions."""
+    if len(outputs) != len(counts):
+        raise EngineError(f"vLLM answered {len(outputs)} of {len(counts)} prompts; this is a bug in the engine")
+    groups = []
+    for request, count in zip(outputs, counts, strict=True):
+        samples = list(request.outputs)
+        if len(samples) != count:
+            raise EngineError(f"vLLM returned {len(samples)} completions where {count} were asked for")
+        group = []
+        for sample in samples:
+            token_ids = [int(t) for t in sample.token_ids]
+            if sample.logprobs is None:
+                raise EngineError("vLLM returned no logprobs; the engine must ask for logprobs=0")
+            logprobs = [_sampled_logprob(position, token) for position, token in zip(sample.logprobs, token_ids, strict=True)]
+            group.append(Completion(token_ids, logprobs, getattr(sample, "finish_reason", None)))
+        groups.append(group)
+    return groups
+
+
+def _sampled_logprob(position: dict[int, Any], token: int) -> float:
+    entry = position.get(token)
+    if entry is None:
+        return math.nan  # TRL treats NaN as "no correction" for that token
+    value = float(entry.logprob)
+    return value
