@@ -45,28 +45,13 @@ def check_recipe_rewards(recipe: Recipe, rows: int = 2, generate: int = 0) -> st
 
 def _generate(recipe: Recipe, prompts: list[list[dict[str, str]]], n: int) -> list[list[str]]:
     """`n` sampled completions per prompt from the recipe's base model (no adapter), as the trainer samples."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from grpo_r1.sampling import generate, load_for_generation
 
-    from grpo_r1.model import check_model_can_load, resolve_dtype, resolve_model_path
-
-    check_model_can_load(recipe)
-    path = resolve_model_path(recipe.model.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(recipe.model.tokenizer or path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(recipe.model.dtype))
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    torch.manual_seed(recipe.run.seed)
+    model, tokenizer = load_for_generation(recipe)
     gen = recipe.generation
-    out = []
-    for messages in prompts:
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(model.device)
-        with torch.no_grad():
-            ids = model.generate(**inputs, do_sample=True, temperature=gen.temperature, top_p=gen.top_p,
-                                 max_new_tokens=gen.max_completion_length, num_return_sequences=n,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        start = inputs["input_ids"].shape[1]
-        out.append(tokenizer.batch_decode(ids[:, start:], skip_special_tokens=True))
-    return out
+    outs = generate(model, tokenizer, prompts, max_new_tokens=gen.max_completion_length, num_samples=n, do_sample=True,
+                    temperature=gen.temperature, top_p=gen.top_p, seed=recipe.run.seed)
+    return [[completion.text for completion in group] for group in outs]
 
 
 def main(argv: list[str] | None = None) -> int:
