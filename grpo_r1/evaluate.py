@@ -215,7 +215,8 @@ def evaluate(
         log: where progress lines go.
     """
     from grpo_r1.data import load_questions
-    from grpo_r1.sampling import adapter_base_model, find_adapter_dir, generate, load_for_generation
+    from grpo_r1.model import resolve_model_path
+    from grpo_r1.sampling import adapter_base_model, find_adapter_dir, load_for_generation
 
     if samples < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"samples, batch_size and limit must be at least 1, got {samples}, {batch_size}, {limit}")
@@ -239,13 +240,10 @@ def evaluate(
         "temperature": gen.temperature,
         "top_p": gen.top_p,
     }
+    trained_on = adapter_base_model(adapter_dir) if adapter_dir is not None else None
+    if trained_on and Path(trained_on).name != Path(resolve_model_path(recipe.model.name_or_path)).name:
+        log(f"note: the adapter was trained on {trained_on!r}; evaluating it on {recipe.model.name_or_path!r}")
     model, tokenizer = load_for_generation(recipe, adapter_dir)
-    if adapter_dir is not None:
-        trained_on = adapter_base_model(adapter_dir)
-        from grpo_r1.model import resolve_model_path
-
-        if trained_on and Path(trained_on).name != Path(resolve_model_path(recipe.model.name_or_path)).name:
-            log(f"note: the adapter was trained on {trained_on!r}; evaluating it on {recipe.model.name_or_path!r}")
     runs: list[tuple[str, Any]] = []
     if adapter_dir is None or compare_base:
         runs.append(("base", model.disable_adapter() if adapter_dir is not None else contextlib.nullcontext()))
@@ -254,18 +252,13 @@ def evaluate(
 
     report = EvalReport(settings=settings)
     prompts, golds = questions["prompt"], questions["answer"]
+    sampling = f", then {samples} samples each" if samples > 1 else ""
     for name, context in runs:
+        log(f"evaluating {name} on {len(prompts)} questions (greedy{sampling})")
         with context:
-            log(f"evaluating {name} on {len(prompts)} questions (greedy{f', then {samples} samples each' if samples > 1 else ''})")
-            greedy = [outs[0] for outs in generate(model, tokenizer, prompts, max_new_tokens=gen.max_completion_length,
-                                                   batch_size=batch_size, seed=seed)]
-            sampled = None
-            if samples > 1:
-                sampled = generate(model, tokenizer, prompts, max_new_tokens=gen.max_completion_length, num_samples=samples,
-                                   do_sample=True, temperature=gen.temperature, top_p=gen.top_p, batch_size=batch_size,
-                                   seed=seed)
-        texts = [c.text for c in greedy]
-        metrics = score_completions(texts, golds, [c.num_tokens for c in greedy], [c.truncated for c in greedy])
+            greedy, sampled = _generate_all(model, tokenizer, prompts, gen, samples, batch_size, seed)
+        metrics = score_completions([c.text for c in greedy], golds, [c.num_tokens for c in greedy],
+                                    [c.truncated for c in greedy])
         if sampled is not None:
             metrics.update(vote_metrics([[c.text for c in group] for group in sampled], golds))
         report.metrics[name] = metrics
@@ -273,7 +266,22 @@ def evaluate(
     return report
 
 
-def _records(questions: Sequence[str], golds: Sequence[str], greedy: Sequence[Any], sampled: Sequence[Any] | None) -> list[dict[str, Any]]:
+def _generate_all(model: Any, tokenizer: Any, prompts: Sequence[Any], gen: Any, samples: int, batch_size: int,
+                  seed: int) -> tuple[list[Any], list[list[Any]] | None]:
+    """One greedy completion per prompt and, when samples > 1, that many sampled ones."""
+    from grpo_r1.sampling import generate
+
+    limit = gen.max_completion_length
+    greedy = [outs[0] for outs in generate(model, tokenizer, prompts, max_new_tokens=limit, batch_size=batch_size, seed=seed)]
+    if samples == 1:
+        return greedy, None
+    sampled = generate(model, tokenizer, prompts, max_new_tokens=limit, num_samples=samples, do_sample=True,
+                       temperature=gen.temperature, top_p=gen.top_p, batch_size=batch_size, seed=seed)
+    return greedy, sampled
+
+
+def _records(questions: Sequence[str], golds: Sequence[str], greedy: Sequence[Any],
+             sampled: Sequence[Any] | None) -> list[dict[str, Any]]:
     """One JSON-ready record per question: the greedy completion, the answers read from it, the votes."""
     out = []
     for index, (question, gold, completion) in enumerate(zip(questions, golds, greedy, strict=True)):
@@ -325,8 +333,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grpo_r1.evaluate",
-                                     description="Accuracy, format rate and lengths of a model or adapter on a recipe's questions.")
+    parser = argparse.ArgumentParser(prog="python -m grpo_r1.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("recipe", help="path of the recipe YAML file (a run folder's recipe.yaml works)")
     parser.add_argument("overrides", nargs="*", help="section.key=value settings that replace the recipe's")
     parser.add_argument("--adapter", help="a run folder or its adapter/ folder; without it the base model is evaluated")
@@ -351,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     s = report.settings
-    print(f"{s['questions']} questions of {s['data_source']} ({s['split']}), up to {s['max_new_tokens']} new tokens, seed {s['seed']}")
+    print(f"{s['questions']} questions of {s['data_source']} ({s['split']}), "
+          f"up to {s['max_new_tokens']} new tokens, seed {s['seed']}")
     print(report.table())
     print(f"written to {path}")
     return 0
