@@ -138,6 +138,9 @@ class LoggingConfig:
     # else "offline" (files in the run folder, sync later with `wandb sync`).
     wandb_mode: Literal["online", "offline", "disabled"] | None = None
     logging_steps: int = 1
+    # Every this many steps, a group of completions with their rewards goes to completions.jsonl
+    # in the run folder and to W&B's table "completions/history"; 0: never.
+    completions_every: int = 0
 
 
 @dataclass
@@ -399,6 +402,8 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: 'generation.gpu_memory_utilization' is a fraction in (0, 1], got {gen.gpu_memory_utilization}")
     if not 0.0 <= recipe.lora.dropout < 1.0:
         raise RecipeError(f"{source}: 'lora.dropout' is a probability in [0, 1), got {recipe.lora.dropout}")
+    if recipe.logging.completions_every < 0:
+        raise RecipeError(f"{source}: 'logging.completions_every' must be 0 (off) or a number of steps, got {recipe.logging.completions_every}")
     if recipe.data.limit is not None and recipe.data.limit < 1:
         raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
     if not recipe.rewards:

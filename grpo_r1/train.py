@@ -61,10 +61,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, recipe_name: str = "run") 
 
     from trl import GRPOConfig, GRPOTrainer
 
+    from grpo_r1.engines import engine_from_recipe, install_step_timer, make_rollout_func
     from grpo_r1.tracking import MetricsFileCallback, start_wandb
 
     wandb_run = start_wandb(recipe.logging, run_name, run_dir, resolved)
     args = GRPOConfig(**grpo_config_kwargs(recipe, run_dir, run_name, loaded.dtype))
+    engine = engine_from_recipe(recipe, loaded)  # None for "hf": TRL's own generate
     trainer = GRPOTrainer(
         model=loaded.model,
         reward_funcs=reward_funcs,
@@ -72,17 +74,35 @@ def train(recipe: Recipe, *, overwrite: bool = False, recipe_name: str = "run") 
         train_dataset=dataset,
         processing_class=loaded.tokenizer,
         callbacks=[MetricsFileCallback(run_dir)],
-        rollout_func=build_rollout(recipe, loaded),
+        rollout_func=make_rollout_func(engine),
     )
+    install_step_timer(trainer)  # timing/{generation,scoring,training}_s in every logged step
+    if recipe.logging.completions_every:
+        from grpo_r1.completions_log import CompletionsLogCallback
+
+        trainer.add_callback(CompletionsLogCallback(trainer, every=recipe.logging.completions_every, run_dir=run_dir))
     try:
         trainer.train()
         adapter_dir = run_dir / ADAPTER_DIR
         trainer.save_model(str(adapter_dir))
         loaded.tokenizer.save_pretrained(str(adapter_dir))
     finally:
+        if engine is not None:
+            engine.close()
         if wandb_run is not None:
             wandb_run.finish()
+    write_plots(run_dir)
     return TrainResult(run_dir=run_dir, adapter_dir=adapter_dir, global_step=trainer.state.global_step)
+
+
+def write_plots(run_dir: Path) -> None:
+    """The run's curves as PNGs in <run>/plots; a run without logged steps gets none, and says so."""
+    from grpo_r1.plot import plot_run
+
+    try:
+        plot_run(run_dir)
+    except GrpoR1Error as e:
+        print(f"grpo_r1: no plots: {e}")
 
 
 def grpo_config_kwargs(recipe: Recipe, run_dir: Path, run_name: str, dtype: Any) -> dict[str, Any]:
@@ -114,20 +134,9 @@ def grpo_config_kwargs(recipe: Recipe, run_dir: Path, run_name: str, dtype: Any)
 
 def engine_check(recipe: Recipe) -> None:
     """Fail now if the generation engine cannot run here."""
-    if recipe.generation.engine == "hf":
-        return
     from grpo_r1.engines import check_engine
 
     check_engine(recipe)
-
-
-def build_rollout(recipe: Recipe, loaded: Any) -> Any:
-    """TRL's rollout_func for the recipe's engine, or None for TRL's built-in generation."""
-    if recipe.generation.engine == "hf":
-        return None
-    from grpo_r1.engines import make_rollout_func
-
-    return make_rollout_func(recipe, loaded)
 
 
 def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
