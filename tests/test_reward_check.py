@@ -8,7 +8,8 @@ CPU_RECIPE = Path(__file__).parent.parent / "recipes" / "smollm2_gsm8k_cpu.yaml"
 
 
 def test_check_prints_every_reward_over_the_samples(capsys):
-    assert main(["check", str(CPU_RECIPE), "--rows", "2"]) == 0
+    seed_rewards = "rewards=[xml_count, soft_format, strict_format, int_answer, gsm8k_correctness]"
+    assert main(["check", str(CPU_RECIPE), seed_rewards, "--rows", "2"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.startswith("reward"))
     assert header.split() == ["reward", "r0:gold", "r0:wrong", "r0:malformed", "r1:gold", "r1:wrong",
