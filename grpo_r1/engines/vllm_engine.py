@@ -90,7 +90,6 @@ class VLLMEngine(Engine):
         vllm = import_vllm()
         from vllm.platforms import current_platform
 
-        self._platform = current_platform
         on_cpu = current_platform.is_cpu()
         base_model_dir = Path(base_model_dir)
         if not (base_model_dir / "config.json").is_file():
@@ -118,7 +117,15 @@ class VLLMEngine(Engine):
             enable_sleep_mode=bool(self.sleep_level),
         )
         kwargs.update(llm_kwargs or {})
-        self.llm = vllm.LLM(**kwargs)
+        import torch
+
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        finally:
+            # vLLM's CPU worker turns torch.set_num_threads into a no-op for the whole process (it
+            # guards the thread pinning of its worker processes); in-process nothing is pinned.
+            torch.set_num_threads = set_num_threads
         self.base_weight_loads = 1
         VLLMEngine.base_weight_loads_total += 1
         self._sampling_params_cls = vllm.SamplingParams
@@ -130,6 +137,11 @@ class VLLMEngine(Engine):
         self._asleep = False
         self._adapter_root = Path(tempfile.mkdtemp(prefix="grpo_r1_lora_"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._adapter_root, True)
+
+    @property
+    def lora_request(self) -> Any:
+        """The vLLM LoRARequest of the adapter version now served (None before the first sync)."""
+        return self._lora
 
     # ------------------------------------------------------------------ adapter
     def sync(self, model: Any, version: int) -> bool:
@@ -216,12 +228,13 @@ class VLLMEngine(Engine):
             self._asleep = True
 
     def close(self) -> None:
-        """Drop the vLLM engine and the adapter folders."""
+        """Drop the vLLM engine, its torch.distributed group and the adapter folders."""
         if getattr(self, "llm", None) is not None:
             self.llm = None
-            import gc
+            # In-process vLLM opened a one-rank torch.distributed group; later trainers must not see it.
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-            gc.collect()
+            cleanup_dist_env_and_memory()
         self._lora = None
         self._served = None
         self._cleanup()
