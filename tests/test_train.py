@@ -66,6 +66,8 @@ def test_metrics_jsonl_has_a_line_per_step_with_each_reward(trained_run):
             assert isinstance(record[f"rewards/{name}/mean"], float)
             assert f"rewards/{name}/std" in record
         assert "kl" in record and "loss" in record
+        assert record["timing/generation_s"] > 0 and record["timing/training_s"] > 0
+    assert (run_dir / "plots" / "rewards.png").is_file(), "a finished run draws its curves"
 
 
 def test_lora_weights_changed_and_adapter_loads_back(trained_run):
