@@ -180,3 +180,31 @@ def _sampled_logprob(position: dict[int, Any], token: int) -> float:
         return math.nan  # TRL treats NaN as "no correction" for that token
     value = float(entry.logprob)
     return value
+
+
+def vllm_requests(engine: str, has_adapter: bool, sampling: SamplingSettings, params_cls: Any,
+                  prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Check a `generate` call and build vLLM's per-prompt sampling parameters and token inputs.
+
+    `params_cls` is vLLM's SamplingParams (passed in so this module never imports vLLM).
+    Each prompt asks for `count` samples; vLLM returns the sampled token's own logprob and no
+    text (TRL decodes the ids itself).
+    """
+    if not has_adapter:
+        raise EngineError(f"the {engine} engine has no adapter yet: call sync(model, version) before generate")
+    if len(prompt_ids) != len(counts):
+        raise EngineError(f"generate got {len(prompt_ids)} prompts but {len(counts)} counts")
+    params = [
+        params_cls(
+            n=int(count),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens_for(len(ids)),
+            stop_token_ids=list(sampling.stop_token_ids),
+            logprobs=0,
+            detokenize=False,
+        )
+        for ids, count in zip(prompt_ids, counts, strict=True)
+    ]
+    inputs = [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids]
+    return params, inputs

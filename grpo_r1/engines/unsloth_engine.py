@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from grpo_r1.engines.base import Completion, Engine, SamplingSettings, completions_from_vllm
+from grpo_r1.engines.base import Completion, Engine, SamplingSettings, completions_from_vllm, vllm_requests
 from grpo_r1.errors import EngineError
 
 
@@ -68,26 +68,10 @@ class UnslothEngine(Engine):
         return True
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[Completion]]:
-        if self._lora is None:
-            raise EngineError("the unsloth engine has no adapter yet: call sync(model, version) before generate")
-        if len(prompt_ids) != len(counts):
-            raise EngineError(f"generate got {len(prompt_ids)} prompts but {len(counts)} counts")
-        if not prompt_ids:
+        params, inputs = vllm_requests("unsloth", self._lora is not None, self.sampling, self._sampling_params,
+                                       prompt_ids, counts)
+        if not inputs:
             return []
-        s = self.sampling
-        params = [
-            self._sampling_params(
-                n=int(count),
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_tokens=s.max_tokens_for(len(ids)),
-                stop_token_ids=list(s.stop_token_ids),
-                logprobs=0,
-                detokenize=False,
-            )
-            for ids, count in zip(prompt_ids, counts, strict=True)
-        ]
-        inputs = [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids]
         sleeps = self._sleep_mode()
         if sleeps:
             self.llm.wake_up()  # untagged: Unsloth's allocator skips the shared weights anyway

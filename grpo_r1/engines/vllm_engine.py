@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from grpo_r1.engines.adapter import active_lora, lora_rank, write_adapter
-from grpo_r1.engines.base import Completion, Engine, SamplingSettings, completions_from_vllm, vllm_lora_rank
+from grpo_r1.engines.base import (
+    Completion,
+    Engine,
+    SamplingSettings,
+    completions_from_vllm,
+    vllm_lora_rank,
+    vllm_requests,
+)
 from grpo_r1.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -172,26 +179,10 @@ class VLLMEngine(Engine):
 
     # --------------------------------------------------------------- sampling
     def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[Completion]]:
-        if self._lora is None:
-            raise EngineError("the vllm engine has no adapter yet: call sync(model, version) before generate")
-        if len(prompt_ids) != len(counts):
-            raise EngineError(f"generate got {len(prompt_ids)} prompts but {len(counts)} counts")
-        if not prompt_ids:
+        params, inputs = vllm_requests("vllm", self._lora is not None, self.sampling, self._sampling_params_cls,
+                                       prompt_ids, counts)
+        if not inputs:
             return []
-        s = self.sampling
-        params = [
-            self._sampling_params_cls(
-                n=int(count),
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_tokens=s.max_tokens_for(len(ids)),
-                stop_token_ids=list(s.stop_token_ids),
-                logprobs=0,  # the sampled token's own logprob
-                detokenize=False,  # TRL decodes the ids itself
-            )
-            for ids, count in zip(prompt_ids, counts, strict=True)
-        ]
-        inputs = [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids]
         self._wake()
         try:
             outputs = self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)
