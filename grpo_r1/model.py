@@ -75,17 +75,22 @@ def load_model(recipe: Recipe) -> LoadedModel:
     if recipe.model.backend == "unsloth":
         model, tokenizer = _load_unsloth(recipe, path, dtype)
     else:
-        model, tokenizer = _load_transformers(recipe, path, dtype)
+        model, tokenizer = _load_transformers(recipe)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, base_path=path, dtype=dtype)
 
 
-def _load_transformers(recipe: Recipe, path: str, dtype: torch.dtype) -> tuple[Any, Any]:
-    from peft import LoraConfig, get_peft_model
+def load_base_model(recipe: Recipe) -> tuple[Any, Any, str]:
+    """The base model through transformers (no adapter, 4-bit when asked), its tokenizer, and its path.
+
+    The tokenizer gets a pad token (its EOS) when it has none.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = recipe.model
+    path = resolve_model_path(cfg.name_or_path)
+    dtype = resolve_dtype(cfg.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
@@ -96,6 +101,16 @@ def _load_transformers(recipe: Recipe, path: str, dtype: torch.dtype) -> tuple[A
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or path, "model.tokenizer" if cfg.tokenizer else "model.name_or_path",
                                  trust_remote_code=cfg.trust_remote_code)
     model = _from_pretrained(AutoModelForCausalLM, path, "model.name_or_path", **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, path
+
+
+def _load_transformers(recipe: Recipe) -> tuple[Any, Any]:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = recipe.model
+    model, tokenizer, _ = load_base_model(recipe)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpo_r1.engines.base import eos_token_ids
 from grpo_r1.errors import ModelError
 from grpo_r1.recipe import Recipe
 
@@ -70,23 +71,14 @@ def load_for_generation(recipe: Recipe, adapter: str | Path | None = None) -> tu
     `model.disable_adapter()` as a context manager to generate from the base model with it.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grpo_r1.model import check_model_can_load, resolve_dtype, resolve_model_path
+    from grpo_r1.model import check_model_can_load, load_base_model
 
     model_cfg = dataclasses.replace(recipe.model, backend="transformers", gradient_checkpointing=False)
-    check_model_can_load(dataclasses.replace(recipe, model=model_cfg))
+    base_recipe = dataclasses.replace(recipe, model=model_cfg)
+    check_model_can_load(base_recipe)
     adapter_dir = find_adapter_dir(adapter) if adapter is not None else None
-    path = resolve_model_path(model_cfg.name_or_path)
-    dtype = resolve_dtype(model_cfg.dtype)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": model_cfg.trust_remote_code}
-    if model_cfg.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=dtype)
-    tokenizer = _load(AutoTokenizer, model_cfg.tokenizer or path, trust_remote_code=model_cfg.trust_remote_code)
-    model = _load(AutoModelForCausalLM, path, **kwargs)
+    model, tokenizer, path = load_base_model(base_recipe)
     if not model_cfg.load_in_4bit:
         model.to("cuda" if torch.cuda.is_available() else "cpu")
     if adapter_dir is not None:
@@ -99,31 +91,7 @@ def load_for_generation(recipe: Recipe, adapter: str | Path | None = None) -> tu
             raise ModelError(f"adapter {str(adapter_dir)!r} does not fit model {path!r} ({first[:200]}); "
                              f"evaluate it with the recipe it was trained with (its run folder's recipe.yaml)") from None
     model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
-
-
-def _load(cls: Any, path: str, **kwargs: Any) -> Any:
-    try:
-        return cls.from_pretrained(path, **kwargs)
-    except OSError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelError(f"model {path!r} could not be loaded ({first}); give a local Hugging Face folder, "
-                         f"a hub id reachable from here, or the built-in 'smollm2-135m'") from None
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token id that ends a completion: the tokenizer's EOS and the model's generation_config EOS ids."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    return sorted(ids)
 
 
 def generate(
@@ -151,7 +119,7 @@ def generate(
 
     if num_samples > 1 and not do_sample:
         raise ValueError("several completions per prompt need do_sample=True; greedy decoding gives one")
-    stop_ids = eos_token_ids(model, tokenizer)
+    stop_ids = list(eos_token_ids(model, tokenizer))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
