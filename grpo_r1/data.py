@@ -120,14 +120,22 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     if len(kinds) != 1 or kinds.pop() not in (".jsonl", ".json", ".parquet"):
         raise DataError(f"data files must be .jsonl, .json or .parquet, got {[f.name for f in files]}")
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    if all(f.stat().st_size == 0 for f in files):  # datasets' json reader stops on a 0-byte file with a bare StopIteration
+        raise DataError(f"dataset {str(path)!r} is empty (0 bytes); point data.source at a file with rows")
     datasets.disable_progress_bars()  # local files load in a blink; keep the terminal for errors
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # a bad file's error is ours to report, on one line
     try:
         return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as e:
         if "corresponds to no data" in str(e):  # datasets' word for files without rows
             raise DataError(f"dataset {str(path)!r} is empty; point data.source at a file with rows") from None
-        raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {str(e).splitlines()[0]}") from None
+        while e.__cause__ is not None:  # datasets wraps the reader's own error ("JSON parse error ... in row 3")
+            e = e.__cause__
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {reason}; fix the file or point data.source at another") from None
     finally:
+        datasets.logging.set_verbosity(verbosity)
         datasets.enable_progress_bars()
 
 

@@ -51,6 +51,9 @@ def check_model_can_load(recipe: Recipe) -> None:
         looks_local = cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.count("/") > 1
         if looks_local and not path.is_dir():
             raise ModelError(f"model.name_or_path {cfg.name_or_path!r} is not a folder; give a Hugging Face model folder, a hub id or a built-in name ('smollm2-135m')")
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelError(f"model.name_or_path {cfg.name_or_path!r} is a folder without config.json, not a Hugging Face model; "
+                             f"give a model folder (config.json, weights, tokenizer), a hub id or a built-in name ('smollm2-135m')")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -158,11 +161,12 @@ def _load_unsloth(recipe: Recipe, path: str, dtype: torch.dtype) -> tuple[Any, A
 def _from_pretrained(cls: Any, path: str, key: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(path, **kwargs)
-    except OSError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (OSError, ValueError) as e:  # ValueError: a folder transformers cannot make a model or tokenizer of
+        first = str(e).splitlines()[0].strip() if str(e).strip() else type(e).__name__
         raise ModelError(
-            f"{key} {path!r} could not be loaded ({first}); give a local Hugging Face folder, a hub id reachable "
-            f"from this machine, or the built-in 'smollm2-135m'"
+            f"{key} {path!r} could not be loaded ({first}); give a local Hugging Face folder (download one where "
+            f"there is network: hf download <hub id> --local-dir <folder>), a hub id reachable from this machine, "
+            f"or the built-in 'smollm2-135m'"
         ) from None
 
 
