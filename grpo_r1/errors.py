@@ -28,3 +28,7 @@ class ModelError(GrpoR1Error):
 
 class EngineError(GrpoR1Error):
     """The generation engine cannot run here or returned something unusable."""
+
+
+class StorageError(GrpoR1Error):
+    """The run folder cannot be written: the disk is full (or over quota)."""

@@ -705,6 +705,27 @@ def sample_completions(row: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
+def try_rewards_on_samples(funcs: Sequence[RewardFunc], dataset: Any) -> None:
+    """Call every reward once, as TRL would, on the sample completions of the dataset's first row.
+
+    The samples are ``sample_completions``' three (the gold solution in the target layout, a wrong
+    answer, prose without tags), the kinds of text a model writes. A reward that raises on them,
+    returns the wrong number of values, or returns NaN raises the guard's RewardError now, before
+    a run folder exists, instead of at the first training step. Does nothing for a dataset without
+    rows or without the ``solution`` and ``answer`` columns the samples are made from.
+    """
+    if len(dataset) == 0 or not {"solution", "answer", "prompt"} <= set(dataset.column_names):
+        return
+    row = dataset[0]
+    texts = list(sample_completions(row).values())
+    columns = {name: [row[name]] * len(texts) for name in dataset.column_names}
+    completions = [[{"role": "assistant", "content": text}] for text in texts]
+    try:
+        reward_table(funcs, [row["prompt"]] * len(texts), completions, columns)
+    except RewardError as exc:
+        raise RewardError(f"{exc} (found before training, on sample completions of the data's first row)") from None
+
+
 def _wrong_answer(answer: str) -> str:
     """A different answer: the gold plus one when it is a number."""
     value = gold_number(answer)
