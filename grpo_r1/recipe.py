@@ -6,10 +6,12 @@ A recipe has these sections, each a dataclass below:
     lora        the LoRA adapter that is trained
     data        where the questions come from and how prompts are built
     rewards     the reward functions, each with a weight
+    cold_start  optional supervised steps on formatted reference solutions before GRPO
     generation  the engine that samples completions and its sampling settings
     training    any field of TRL's GRPOConfig (checked against the real dataclass)
     logging     W&B project, run name, tags
-    run         run folder and seed
+    guards      learning-signal checks that warn, or stop the run, when GRPO cannot learn
+    run         run folder, seed and the worst-case preflight step
 
 `load_recipe(path, overrides)` reads the YAML, applies `a.b=value` overrides, and checks every
 key and type. Unknown keys are errors that name the closest valid key; wrong types name the
@@ -60,6 +62,12 @@ class ModelConfig:
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None
     trust_remote_code: bool = False
+    # "random": no weights are read; `architecture` (see grpo_r1.architectures) is built at random
+    # init with `tokenizer`, for measuring speed and memory (python -m grpo_r1.bench).
+    init: Literal["pretrained", "random"] = "pretrained"
+    architecture: str | None = None
+    # python -m grpo_r1.train refuses a random-init model unless this is true.
+    train_random_init: bool = False
 
 
 @dataclass
@@ -113,17 +121,34 @@ def _seed_rewards() -> list[RewardSpec]:
 
 @dataclass
 class GenerationConfig:
-    """How completions are sampled. `engine`: "hf" (TRL's built-in generate), "vllm" (an
+    """How completions are sampled. `engine`: "hf" (TRL's built-in generate), "hf-compiled" (the
+    trainer's model through a static KV cache and torch.compile with CUDA graphs, all of a round's
+    prompts in one batch: the fast path without vLLM), "vllm" (an
     in-process vLLM engine fed the adapter each step), "unsloth" (Unsloth's fast_inference,
     needs `model.backend: unsloth` and a GPU)."""
 
-    engine: Literal["hf", "vllm", "unsloth"] = "hf"
+    engine: Literal["hf", "hf-compiled", "vllm", "unsloth"] = "hf"
     num_generations: int = 4
     max_completion_length: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
     # Fraction of GPU memory the vLLM engine may hold (vllm and unsloth engines).
     gpu_memory_utilization: float = 0.5
+
+
+@dataclass
+class ColdStartConfig:
+    """A short supervised warm-up of the adapter before GRPO, as DeepSeek-R1 did: the model is
+    taught the answer layout on the dataset's reference solutions written in R1 format
+    (`<reasoning>` the solution's steps `</reasoning><answer>` the gold `</answer>`).
+    A weak model that never writes the tags gives GRPO all-equal rewards and nothing to learn;
+    a few dozen steps here fix that. `steps: 0` (the default) skips it."""
+
+    steps: int = 0
+    batch_size: int = 8
+    learning_rate: float = 1.0e-4
+    # How many of the dataset's rows it cycles through; None: steps x batch_size (each row once).
+    examples: int | None = None
 
 
 @dataclass
@@ -149,6 +174,39 @@ class RunConfig:
 
     output_dir: str | None = None
     seed: int = 42
+    # One training step at the largest shape the recipe allows, before the run folder is made, so
+    # an out-of-memory shows at once (see grpo_r1/preflight.py). "auto": on when a CUDA GPU is used.
+    preflight: bool | Literal["auto"] = "auto"
+
+
+# False too: YAML 1.1 reads a bare `off` as false.
+GuardAction = Literal["warn", "stop", "off", False]
+
+
+@dataclass
+class GuardsConfig:
+    """Checks on the metrics TRL logs each step (see grpo_r1/guards.py). Each guard warns (a
+    line on the console and in guards.jsonl), stops the run (the adapter so far is saved, the
+    command exits non-zero) or is off. A guard fires when its condition held for `patience`
+    steps in a row; a NaN/inf loss or gradient fires at once (and that update is skipped)."""
+
+    patience: int = 5
+    # Most of the groups' completions all scored the same: their advantages are zero.
+    equal_rewards: GuardAction = "warn"
+    equal_rewards_fraction: float = 0.95
+    # Most completions hit generation.max_completion_length before ending.
+    truncation: GuardAction = "warn"
+    truncation_fraction: float = 0.9
+    # A reward function paid every completion of the step the same value.
+    constant_reward: GuardAction = "warn"
+    # The loss or the gradient norm is NaN or infinite.
+    nonfinite: GuardAction = "stop"
+    # The mean |engine - trainer| logprob per token (vllm and unsloth engines) is above the bound.
+    logprob_gap: GuardAction = "warn"
+    logprob_gap_max: float = 0.1
+
+
+GUARD_NAMES = ("equal_rewards", "truncation", "constant_reward", "nonfinite", "logprob_gap")
 
 
 # GRPOConfig fields that other sections own, with where to set them instead.
@@ -171,13 +229,18 @@ _OWNED_ELSEWHERE = {
     "fp16": "model.dtype",
 }
 
+# GRPOConfig fields that hold a secret, with the environment variable that carries it instead:
+# a recipe is saved into the run folder and W&B's config, so it never holds one.
+_SECRETS_FROM_ENV = {"hub_token": "HF_TOKEN"}
+
 # Defaults grpo_r1 gives GRPOConfig fields where TRL's own default suits a LoRA run badly.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "beta": 0.04,  # a KL penalty against the base model (the adapter disabled)
     "learning_rate": 5e-6,
     "per_device_train_batch_size": 8,
     "max_steps": 100,
-    "save_steps": 50,
+    "save_steps": 50,  # a checkpoint (adapter, optimizer, RNG, data position) every 50 steps
+    "save_total_limit": 2,  # keep the newest two complete checkpoints (grpo_r1/checkpoint.py)
 }
 
 
@@ -189,9 +252,11 @@ class Recipe:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: list[RewardSpec] = field(default_factory=_seed_rewards)
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     training: dict[str, Any] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # The recipe file's folder: relative reward file paths are looked up there first.
     base_dir: Path | None = field(default=None, compare=False, repr=False)
@@ -207,20 +272,29 @@ class Recipe:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, num_processes: int = 1) -> Recipe:
     """Read a recipe YAML file, apply `dotted.key=value` overrides, and validate it.
 
+    `num_processes`: the training processes it runs on (accelerate launch's), for the batch checks.
     Raises RecipeError naming the file, the key and the fix for any problem.
     """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} does not exist; pass the path of a YAML recipe, e.g. recipes/smollm2_gsm8k_cpu.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                          f"save the recipe as UTF-8 YAML") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        opened = getattr(e, "context_mark", None)
+        if opened is not None and getattr(e, "context", None) and (mark is None or opened.line != mark.line):
+            problem += f" ({e.context} that starts at line {opened.line + 1}, column {opened.column + 1})"
+        if "'\\t'" in problem:
+            problem += "; indent with spaces, YAML does not allow tabs"
         raise RecipeError(f"{path}: not valid YAML{where}: {problem}") from None
     if data is None:
         data = {}
@@ -228,7 +302,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"{path}: a recipe is a YAML mapping of sections (model:, data:, ...), got {type(data).__name__}")
     for item in overrides:
         apply_override(data, item)
-    recipe = recipe_from_dict(data, source=str(path))
+    recipe = recipe_from_dict(data, source=str(path), num_processes=num_processes)
     recipe.base_dir = path.resolve().parent
     return recipe
 
@@ -273,11 +347,11 @@ def _list_index(node: list, part: str, here: str, item: str) -> int:
     return int(part)
 
 
-def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate raw recipe data (as read from YAML) into a Recipe."""
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe", *, num_processes: int = 1) -> Recipe:
+    """Validate raw recipe data (as read from YAML) into a Recipe (to run on `num_processes` processes)."""
     recipe = _build_dataclass(Recipe, data, prefix="", source=source, skip={"base_dir"})
     recipe.training = _check_training(recipe.training, source)
-    _check_consistency(recipe, source)
+    _check_consistency(recipe, source, num_processes)
     return recipe
 
 
@@ -370,6 +444,9 @@ def _check_training(training: dict[str, Any], source: str) -> dict[str, Any]:
     for key, value in training.items():
         if key in _OWNED_ELSEWHERE:
             raise RecipeError(f"{source}: 'training.{key}' is set by {_OWNED_ELSEWHERE[key]!r} in grpo_r1 recipes; set it there")
+        if key in _SECRETS_FROM_ENV:
+            raise RecipeError(f"{source}: 'training.{key}' is a secret and a recipe is saved with the run (recipe.yaml, W&B); "
+                              f"remove it and set the {_SECRETS_FROM_ENV[key]} environment variable instead")
         if key not in fields:
             raise RecipeError(f"{source}: unknown key 'training.{key}' (not a field of TRL's GRPOConfig)"
                               f"{_did_you_mean(key, list(fields), 'training.')}")
@@ -377,7 +454,7 @@ def _check_training(training: dict[str, Any], source: str) -> dict[str, Any]:
     return checked
 
 
-def _check_consistency(recipe: Recipe, source: str) -> None:
+def _check_consistency(recipe: Recipe, source: str, num_processes: int = 1) -> None:
     """Checks that span sections; each names the keys to change."""
     gen, model = recipe.generation, recipe.model
     if gen.engine == "unsloth" and model.backend != "unsloth":
@@ -404,19 +481,45 @@ def _check_consistency(recipe: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: 'lora.dropout' is a probability in [0, 1), got {recipe.lora.dropout}")
     if recipe.logging.completions_every < 0:
         raise RecipeError(f"{source}: 'logging.completions_every' must be 0 (off) or a number of steps, got {recipe.logging.completions_every}")
+    guards = recipe.guards
+    for key in GUARD_NAMES:
+        if getattr(guards, key) is False:
+            setattr(guards, key, "off")
+    if guards.patience < 1:
+        raise RecipeError(f"{source}: 'guards.patience' is a number of steps, at least 1, got {guards.patience}")
+    for key in ("equal_rewards_fraction", "truncation_fraction"):
+        if not 0.0 < getattr(guards, key) <= 1.0:
+            raise RecipeError(f"{source}: 'guards.{key}' is a fraction in (0, 1], got {getattr(guards, key)}")
+    if not guards.logprob_gap_max > 0:
+        raise RecipeError(f"{source}: 'guards.logprob_gap_max' is a logprob difference per token, above 0, got {guards.logprob_gap_max}")
+    if model.init == "random":
+        if not model.architecture or not model.tokenizer:
+            raise RecipeError(f"{source}: model.init 'random' needs model.architecture (e.g. qwen2.5-3b) and "
+                              f"model.tokenizer (a tokenizer folder of that model family)")
+    elif model.architecture:
+        raise RecipeError(f"{source}: model.architecture is only read with model.init: random; remove it or set model.init=random")
+    cold = recipe.cold_start
+    if cold.steps < 0 or cold.batch_size < 1 or cold.learning_rate <= 0 or (cold.examples is not None and cold.examples < 1):
+        raise RecipeError(f"{source}: 'cold_start' needs steps >= 0 (0: off), batch_size >= 1, learning_rate > 0 and "
+                          f"examples >= 1 or null; got {dataclasses.asdict(cold)}")
     if recipe.data.limit is not None and recipe.data.limit < 1:
         raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
     if not recipe.rewards:
         raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
     training = {**TRAINING_DEFAULTS, **recipe.training}
-    batch = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1)
+    # Under accelerate launch the round is sampled by all processes together (TRL's generation_batch_size).
+    batch = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1) * num_processes
     per_generation = training.get("generation_batch_size") or batch * (training.get("steps_per_generation") or 1)
     if per_generation % gen.num_generations:
+        group_sizes = [str(d) for d in range(2, per_generation + 1) if per_generation % d == 0][:8]
         raise RecipeError(
             f"{source}: generation.num_generations ({gen.num_generations}) must divide the completions sampled per "
             f"generation round ({per_generation} = training.per_device_train_batch_size x gradient_accumulation_steps"
-            f"{' x steps_per_generation' if training.get('steps_per_generation') else ''}); e.g. set "
-            f"training.per_device_train_batch_size={gen.num_generations * max(1, batch // gen.num_generations)}"
+            f"{f' x {num_processes} processes' if num_processes > 1 else ''}"
+            f"{' x steps_per_generation' if training.get('steps_per_generation') else ''}); set "
+            f"training.per_device_train_batch_size to a multiple of {gen.num_generations} "
+            f"(e.g. {gen.num_generations * max(1, batch // gen.num_generations)})"
+            + (f" or generation.num_generations to one of {', '.join(group_sizes)}" if group_sizes else "")
         )
     if training.get("beta", 0.0) < 0:
         raise RecipeError(f"{source}: 'training.beta' (the KL weight) must be >= 0, got {training['beta']}")
