@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from grpo_r1.builtin_models import builtin_model_path, is_builtin
+from grpo_r1.distributed import Launch
 from grpo_r1.errors import ModelError
-from grpo_r1.recipe import Recipe
+from grpo_r1.recipe import ModelConfig, Recipe
 
 
 @dataclass
@@ -46,7 +47,11 @@ def check_model_can_load(recipe: Recipe) -> None:
             raise ModelError("model.load_in_4bit needs bitsandbytes; install it with: pip install 'grpo_r1[gpu]'")
     if cfg.dtype in ("bfloat16", "float16") and not has_cuda:
         raise ModelError(f"model.dtype {cfg.dtype!r} trains slowly or not at all on a CPU; use model.dtype=float32 or auto")
-    if not is_builtin(cfg.name_or_path):
+    if cfg.init == "random":
+        from grpo_r1.architectures import architecture_config
+
+        architecture_config(cfg.architecture)  # an unknown name fails here
+    elif not is_builtin(cfg.name_or_path):
         path = Path(cfg.name_or_path).expanduser()
         looks_local = cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.count("/") > 1
         if looks_local and not path.is_dir():
@@ -54,6 +59,11 @@ def check_model_can_load(recipe: Recipe) -> None:
         if path.is_dir() and not (path / "config.json").is_file():
             raise ModelError(f"model.name_or_path {cfg.name_or_path!r} is a folder without config.json, not a Hugging Face model; "
                              f"give a model folder (config.json, weights, tokenizer), a hub id or a built-in name ('smollm2-135m')")
+    if cfg.tokenizer:
+        looks_local = cfg.tokenizer.startswith((".", "/", "~")) or cfg.tokenizer.count("/") > 1
+        if looks_local and not Path(cfg.tokenizer).expanduser().is_dir():
+            raise ModelError(f"model.tokenizer {cfg.tokenizer!r} is not a folder; give a Hugging Face tokenizer folder or hub id, "
+                             f"or remove model.tokenizer to use the model's own")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -70,37 +80,61 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(builtin_model_path(name_or_path)) if is_builtin(name_or_path) else name_or_path
 
 
-def load_model(recipe: Recipe) -> LoadedModel:
-    """Load the base model with a fresh LoRA adapter, and its tokenizer, as the recipe says."""
+def model_path(cfg: ModelConfig) -> str:
+    """Where the recipe's base weights are: a random-init folder (made on first use) for
+    `model.init: random`, else `resolve_model_path(model.name_or_path)`."""
+    if cfg.init == "random":
+        from grpo_r1.architectures import random_model_path
+
+        return str(random_model_path(cfg.architecture, cfg.tokenizer, resolve_dtype(cfg.dtype)))
+    return resolve_model_path(cfg.name_or_path)
+
+
+def load_model(recipe: Recipe, launch: Launch | None = None) -> LoadedModel:
+    """Load the base model with a fresh LoRA adapter, and its tokenizer, as the recipe says.
+
+    `launch`: this process's place under accelerate launch (None: a single process); see
+    `load_base_model` for what changes under DDP, FSDP and DeepSpeed.
+    """
     check_model_can_load(recipe)
-    path = resolve_model_path(recipe.model.name_or_path)
+    path = model_path(recipe.model)
     dtype = resolve_dtype(recipe.model.dtype)
     if recipe.model.backend == "unsloth":
         model, tokenizer = _load_unsloth(recipe, path, dtype)
     else:
-        model, tokenizer = _load_transformers(recipe)
+        model, tokenizer = _load_transformers(recipe, launch or Launch())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model=model, tokenizer=tokenizer, base_path=path, dtype=dtype)
 
 
-def load_base_model(recipe: Recipe) -> tuple[Any, Any, str]:
+def load_base_model(recipe: Recipe, launch: Launch | None = None) -> tuple[Any, Any, str]:
     """The base model through transformers (no adapter, 4-bit when asked), its tokenizer, and its path.
 
-    The tokenizer gets a pad token (its EOS) when it has none.
+    The tokenizer gets a pad token (its EOS) when it has none. Under accelerate launch
+    (`launch`), a 4-bit model goes to this process's own GPU, and where the parameters are
+    sharded (FSDP, ZeRO-3) its packed 4-bit weights are stored in the model's dtype
+    (bnb_4bit_quant_storage), which FSDP and ZeRO-3 can shard; a non-4-bit model is loaded on
+    the CPU and accelerate places or shards it when the trainer starts.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = recipe.model
-    path = resolve_model_path(cfg.name_or_path)
+    launch = launch or Launch()
+    path = model_path(cfg)
     dtype = resolve_dtype(cfg.dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if cfg.load_in_4bit:
         from transformers import BitsAndBytesConfig
 
+        # Sharded, the packed 4-bit weights must be a float dtype, the model's own (bitsandbytes' default is uint8).
+        storage = {"bnb_4bit_quant_storage": dtype} if launch.shards_parameters else {}
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype,
+            **storage,
         )
+        if launch.is_distributed:
+            kwargs["device_map"] = {"": launch.local_rank}  # bitsandbytes quantizes on the GPU it loads to
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or path, "model.tokenizer" if cfg.tokenizer else "model.name_or_path",
                                  trust_remote_code=cfg.trust_remote_code)
     model = _from_pretrained(AutoModelForCausalLM, path, "model.name_or_path", **kwargs)
@@ -109,12 +143,14 @@ def load_base_model(recipe: Recipe) -> tuple[Any, Any, str]:
     return model, tokenizer, path
 
 
-def _load_transformers(recipe: Recipe) -> tuple[Any, Any]:
+def _load_transformers(recipe: Recipe, launch: Launch) -> tuple[Any, Any]:
     from peft import LoraConfig, get_peft_model
 
     cfg = recipe.model
-    model, tokenizer, _ = load_base_model(recipe)
-    if cfg.load_in_4bit:
+    model, tokenizer, _ = load_base_model(recipe, launch)
+    if cfg.load_in_4bit and not launch.shards_parameters:
+        # Not when sharded: it casts norms and embeddings to float32 beside the bf16-stored 4-bit
+        # weights (TRL skips it for sharded QLoRA too). Gradient checkpointing is then the trainer's.
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing))
@@ -122,7 +158,11 @@ def _load_transformers(recipe: Recipe) -> tuple[Any, Any]:
     _check_target_modules(model, lora.target_modules)
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_config), tokenizer
+    # Under ZeRO-3 the LoRA weights keep the base model's dtype: it gathers a unit's parameters in
+    # one dtype (bf16 base + fp32 LoRA fails at the first optimizer step, TRL issue 6089). FSDP2
+    # only needs the trainable ones to agree, which the float32 LoRA weights do.
+    zero3 = launch.sharding == "deepspeed" and launch.shards_parameters
+    return get_peft_model(model, peft_config, autocast_adapter_dtype=not zero3), tokenizer
 
 
 def _load_unsloth(recipe: Recipe, path: str, dtype: torch.dtype) -> tuple[Any, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 from grpo_r1.engines.base import Engine, SamplingSettings, eos_token_ids
 from grpo_r1.errors import EngineError
 
-ENGINES = ("hf", "vllm", "unsloth")
+ENGINES = ("hf", "hf-compiled", "vllm", "unsloth")
 
 
 @dataclass
@@ -46,12 +46,13 @@ def build_engine(
     max_seq_length: int | None = None,
     max_lora_rank: int | None = None,
     seed: int = 0,
+    llm_kwargs: dict[str, Any] | None = None,
 ) -> Engine | None:
-    """The engine of `kind` ("hf" | "vllm" | "unsloth"); None for "hf" (TRL's built-in generate).
+    """The engine of `kind` ("hf" | "hf-compiled" | "vllm" | "unsloth"); None for "hf" (TRL's built-in generate).
 
     `model` is the model the trainer trains (for vllm: to read its dtype, eos ids and LoRA
     rank; for unsloth: the model whose vLLM it samples with). `base_model_dir` is the Hugging
-    Face folder of the base weights (vllm only).
+    Face folder of the base weights (vllm only). `llm_kwargs`: more vllm.LLM arguments (vllm only).
     """
     if kind not in ENGINES:
         raise EngineError(f"generation.engine must be one of {', '.join(ENGINES)}; got {kind!r}")
@@ -64,6 +65,10 @@ def build_engine(
         stop_token_ids=eos_token_ids(model, tokenizer),
         max_seq_length=int(max_seq_length or _setting(settings, "max_seq_length", 1024)),
     )
+    if kind == "hf-compiled":
+        from grpo_r1.engines.hf_compiled import CompiledHFEngine
+
+        return CompiledHFEngine(model, tokenizer, sampling)
     if kind == "unsloth":
         from grpo_r1.engines.unsloth_engine import UnslothEngine
 
@@ -81,12 +86,19 @@ def build_engine(
         max_lora_rank=int(rank),
         gpu_memory_utilization=float(_setting(settings, "gpu_memory_utilization", 0.5)),
         seed=seed,
+        llm_kwargs=llm_kwargs,
     )
 
 
-def engine_from_recipe(recipe: Any, loaded: Any) -> Engine | None:
-    """`build_engine` for a grpo_r1 Recipe and the LoadedModel of grpo_r1.model.load_model."""
+def engine_from_recipe(recipe: Any, loaded: Any, *, processes: int = 1) -> Engine | None:
+    """`build_engine` for a grpo_r1 Recipe and the LoadedModel of grpo_r1.model.load_model.
+
+    `processes` > 1 (accelerate launch): each process starts its own vllm engine as vLLM's
+    "external_launcher" (torchrun-style) executor, which takes the process's GPU from LOCAL_RANK
+    and joins the trainer's process group as one independent data-parallel rank.
+    """
     gen = recipe.generation
+    llm_kwargs = {"distributed_executor_backend": "external_launcher"} if processes > 1 and gen.engine == "vllm" else None
     return build_engine(
         gen.engine,
         gen,
@@ -96,6 +108,7 @@ def engine_from_recipe(recipe: Any, loaded: Any) -> Engine | None:
         max_seq_length=recipe.model.max_seq_length,
         max_lora_rank=getattr(gen, "max_lora_rank", None) or recipe.lora.r,
         seed=recipe.run.seed,
+        llm_kwargs=llm_kwargs,
     )
 
 
@@ -104,7 +117,7 @@ def check_engine(recipe: Any) -> None:
     kind = recipe.generation.engine
     if kind not in ENGINES:
         raise EngineError(f"generation.engine must be one of {', '.join(ENGINES)}; got {kind!r}")
-    if kind == "hf":
+    if kind in ("hf", "hf-compiled"):
         return
     if kind == "unsloth":
         import torch
