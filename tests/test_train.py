@@ -1,9 +1,8 @@
-"""`python -m grpo_r1.train` end to end on the real SmolLM2 model, and its refusals of bad input.
+"""`python -m grpo_r1.train` end to end on the real SmolLM2 model (its refusals of bad input: test_bad_input.py).
 
 One real training run (2 steps, CPU) is shared by the tests that inspect its results.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo_r1 import train as train_module
 from grpo_r1.recipe import recipe_from_dict
 from grpo_r1.tracking import read_metrics
 from tests.wandb_files import read_offline_run
@@ -99,52 +97,3 @@ def test_every_reward_reaches_wandb_offline_files(trained_run):
         assert f"train/rewards/{name}/mean" in run.history_keys
         assert f"train/rewards/{name}/std" in run.history_keys
     assert "train/kl" in run.history_keys
-
-
-def test_existing_run_folder_is_not_overwritten(trained_run, capsys):
-    run_dir, _ = trained_run
-    before = sorted(p.name for p in run_dir.iterdir())
-    code = train_module.main([str(CPU_RECIPE), f"run.output_dir={run_dir}"])
-    assert code == 2
-    assert "already holds a run; pass --overwrite" in capsys.readouterr().err
-    assert sorted(p.name for p in run_dir.iterdir()) == before
-
-
-@pytest.mark.parametrize("overrides, expected", [
-    (["lora.rank=8"], "unknown key 'lora.rank'"),
-    (["training.max_steps=five"], "'training.max_steps' must be an integer, got 'five'"),
-    (["data.question_column=problem"], "has no column 'problem'"),
-    (["rewards=[gsm8k_corectness]"], "gsm8k_correctness"),
-    (["rewards=[nowhere_module:f]"], "nowhere_module"),
-])
-def test_bad_recipes_fail_before_any_model_loads(monkeypatch, capsys, tmp_path, overrides, expected):
-    def no_model(*args, **kwargs):
-        raise AssertionError("a model was loaded for a recipe that should have been refused")
-
-    monkeypatch.setattr("grpo_r1.model.load_model", no_model)
-    data = tmp_path / "train.jsonl"
-    data.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
-    code = train_module.main([str(CPU_RECIPE), f"data.source={data}", f"run.output_dir={tmp_path / 'run'}", *overrides])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.startswith("error: ") and expected in err
-    assert len(err.strip().splitlines()) == 1, "the error is one line"
-    assert not (tmp_path / "run").exists(), "a refused run leaves no folder"
-
-
-@pytest.mark.parametrize("overrides, expected", [
-    (["model.backend=unsloth"], "model.backend 'unsloth' needs a CUDA GPU"),
-    (["model.backend=unsloth", "generation.engine=unsloth"], "model.backend 'unsloth' needs a CUDA GPU"),
-    (["model.load_in_4bit=true"], "model.load_in_4bit needs a CUDA GPU"),
-    (["model.name_or_path=./no/such/model"], "is not a folder"),
-])
-def test_models_that_cannot_load_here_fail_first(monkeypatch, capsys, tmp_path, overrides, expected):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("these refusals are for machines without a GPU")
-    monkeypatch.setattr("grpo_r1.model.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
-    code = train_module.main([str(CPU_RECIPE), f"run.output_dir={tmp_path / 'run'}", *overrides])
-    err = capsys.readouterr().err
-    assert code == 2 and expected in err, err
-    assert not (tmp_path / "run").exists()
