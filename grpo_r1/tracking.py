@@ -21,6 +21,7 @@ from grpo_r1.recipe import LoggingConfig
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+WANDB_ID_FILE = "wandb_run_id"
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -72,8 +73,12 @@ def _has_wandb_key() -> bool:
         return False
 
 
-def start_wandb(cfg: LoggingConfig, run_name: str, run_dir: Path, config: dict[str, Any]) -> Any:
-    """Start the W&B run for this training run, or return None when logging.report_to is 'none'."""
+def start_wandb(cfg: LoggingConfig, run_name: str, run_dir: Path, config: dict[str, Any], resume: bool = False) -> Any:
+    """Start the W&B run for this training run, or return None when logging.report_to is 'none'.
+
+    The run's id is kept in `run_dir/wandb_run_id`; with `resume`, the run of that id continues
+    (offline, W&B writes a second offline-run-*-<id> folder, and `wandb sync` uploads them in order).
+    """
     if cfg.report_to != "wandb":
         return None
     import wandb
@@ -81,5 +86,10 @@ def start_wandb(cfg: LoggingConfig, run_name: str, run_dir: Path, config: dict[s
     mode = wandb_mode(cfg)
     if mode == "offline" and not os.environ.get("WANDB_MODE") and not cfg.wandb_mode:
         print(f"grpo_r1: W&B has no API key here, logging offline into {run_dir}/wandb (upload later with `wandb sync`)")
-    return wandb.init(project=cfg.project, name=run_name, tags=list(cfg.tags), config=config,
-                      dir=str(run_dir), mode=mode, reinit="finish_previous")
+    id_file = Path(run_dir) / WANDB_ID_FILE
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
+    run = wandb.init(project=cfg.project, name=run_name, tags=list(cfg.tags), config=config, dir=str(run_dir),
+                     mode=mode, reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
+    if run is not None and getattr(run, "id", None):
+        id_file.write_text(run.id + "\n")
+    return run

@@ -89,7 +89,7 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
     run_dir = Path(recipe.run.output_dir or Path("runs") / run_name)
     resuming = on_main_then_share(launch, lambda: _plan_resume(recipe, resume, recipe_name))  # None for a new run
     if resuming is not None:
-        run_dir, run_name = resuming.run_dir, recipe.logging.run_name or resuming.run_dir.name
+        run_dir, run_name = resuming.run_dir, resuming.run_name
     else:
         on_main_then_share(launch, lambda: _check_run_dir(run_dir, overwrite))
 

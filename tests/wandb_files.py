@@ -22,6 +22,7 @@ class OfflineRun:
     tags: list[str] = field(default_factory=list)
     history_keys: set[str] = field(default_factory=set)
     history_rows: int = 0
+    history: list[dict[str, str]] = field(default_factory=list)  # each row: key -> the value as JSON text
 
 
 def _chunks(raw: bytes):
@@ -59,6 +60,7 @@ def read_offline_run(run_file: Path) -> OfflineRun:
             run.project, run.name, run.tags = record.run.project, record.run.display_name, list(record.run.tags)
         elif kind == "history":
             run.history_rows += 1
-            for item in record.history.item:
-                run.history_keys.add(item.key or "/".join(item.nested_key))
+            row = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+            run.history_keys.update(row)
+            run.history.append(row)
     return run
