@@ -1,6 +1,7 @@
 """Generation engines: sample a GRPO step's completions outside TRL's built-in `generate`.
 
-    hf       TRL's own generation (no engine object; rollout_func stays None)
+    hf           TRL's own generation (no engine object; rollout_func stays None)
+    hf-compiled  the trainer's own model, static KV cache + torch.compile, one batch per round
     vllm     an in-process vLLM of the base model; each new adapter version goes over as a
              vLLM LoRA (vllm_engine.py)
     unsloth  Unsloth's fast_inference vLLM sharing the model's weights (unsloth_engine.py)

@@ -1,0 +1,173 @@
+"""The `hf-compiled` engine: fast sampling with transformers alone, for machines without vLLM.
+
+TRL's own generation (`generation.engine: hf`) calls `model.generate` with a dynamic KV cache
+and compilation turned off, one kernel launch per operation per token: on a GPU, decoding a 3B
+model is then bound by Python and launch overhead, not by memory bandwidth. This engine
+samples from the very model the trainer trains (no second copy of the weights, nothing to
+sync) and differs in four ways:
+
+  * a static KV cache, so every decode step has the same shapes, and torch.compile with CUDA
+    graphs ("reduce-overhead") replays the whole step as one graph;
+  * prompts are left-padded to a multiple of `pad_multiple` tokens, and never to less than the
+    round before, so the shapes (and the compiled graph) stay the same from step to step
+    instead of recompiling for each length (a new, longer width compiles once more);
+  * every prompt of the generation round goes in one batch (with `counts[i]` copies of prompt
+    i), so the weights read for each token serve all of them: decoding is bandwidth-bound, and
+    48 sequences cost little more than 6;
+  * the model is switched to eval mode while it samples, so gradient checkpointing cannot turn
+    the KV cache off.
+
+Each sequence stops at its first end token (finished rows are padded while the others go on;
+the loop ends when all have ended). The log-probability of every sampled token (at the
+sampling temperature) is recorded on the way, so TRL's
+`sampling/sampling_logp_difference` compares the compiled kernels with the training forward.
+
+On a CPU there are no CUDA graphs: the engine runs the same code without compiling, which is
+what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from grpo_r1.engines.base import Completion, Engine, SamplingSettings
+from grpo_r1.errors import EngineError
+
+
+class CompiledHFEngine(Engine):
+    """Sample with the trainer's own model through transformers' static-cache, compiled generate."""
+
+    name = "hf-compiled"
+
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings, *, pad_multiple: int = 64,
+                 compile: bool | None = None) -> None:
+        super().__init__(sampling)
+        if pad_multiple < 1:
+            raise EngineError(f"pad_multiple must be at least 1, got {pad_multiple}")
+        self.model = model
+        self.pad_multiple = pad_multiple
+        self.compile = torch.cuda.is_available() if compile is None else compile
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise EngineError("the tokenizer has neither a pad nor an eos token; the hf-compiled engine pads prompts with one")
+        self.pad_token_id = int(pad)
+        self._width = 0  # the prompt width of the last round; see generate
+
+    def sync(self, model: Any, version: int) -> bool:
+        """The engine samples from `model` itself: nothing is copied, only the version is noted."""
+        if self.is_served(model, version):
+            return False
+        self.model = model
+        self._mark_served(model, version)
+        return True
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[Completion]]:
+        """`counts[i]` completions of `prompt_ids[i]`, all sampled in one batch."""
+        if len(prompt_ids) != len(counts):
+            raise EngineError(f"generate got {len(prompt_ids)} prompts but {len(counts)} counts")
+        rows = [list(ids) for ids, count in zip(prompt_ids, counts, strict=True) for _ in range(int(count))]
+        if not rows:
+            return [[] for _ in prompt_ids]
+        # The padded width only ever grows: a new width means new shapes and a new compile.
+        self._width = max(self._width, _round_up(max(len(r) for r in rows), self.pad_multiple))
+        width = self._width
+        max_new = self.sampling.max_tokens_for(width)
+        device = next(self.model.parameters()).device
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(rows):
+            input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[i, width - len(ids):] = 1
+        recorder = SampledLogprobs(self.sampling.temperature)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                output = self.model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=self._generation_config(max_new),
+                    logits_processor=LogitsProcessorList([recorder]),
+                )
+        finally:
+            self.model.train(was_training)
+        new_tokens = output[:, width:]
+        logprobs = recorder.finish(new_tokens)
+        completions = self._cut_at_stop(new_tokens.cpu(), logprobs.cpu())
+        groups, start = [], 0
+        for count in counts:
+            groups.append(completions[start:start + int(count)])
+            start += int(count)
+        return groups
+
+    def _generation_config(self, max_new_tokens: int) -> Any:
+        from transformers import CompileConfig, GenerationConfig
+
+        stop = list(self.sampling.stop_token_ids)
+        return GenerationConfig(
+            do_sample=True,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            top_k=0,  # transformers' default top_k=50 would sample from a different distribution than the trainer scores
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop or None,
+            pad_token_id=self.pad_token_id,
+            cache_implementation="static",
+            compile_config=CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead") if self.compile else None,
+            disable_compile=not self.compile,
+        )
+
+    def _cut_at_stop(self, tokens: torch.Tensor, logprobs: torch.Tensor) -> list[Completion]:
+        stop = set(self.sampling.stop_token_ids)
+        completions = []
+        for row_tokens, row_logprobs in zip(tokens.tolist(), logprobs.tolist(), strict=True):
+            end = next((i + 1 for i, t in enumerate(row_tokens) if t in stop), None)
+            finish = "stop" if end is not None else "length"
+            end = end or len(row_tokens)
+            completions.append(Completion(row_tokens[:end], [float(x) for x in row_logprobs[:end]], finish))
+        return completions
+
+
+class SampledLogprobs(LogitsProcessor):
+    """A logits processor that records the log-probability of each sampled token.
+
+    transformers runs custom processors before its temperature and top-p warpers, so the
+    recorder divides by the temperature itself: the value is log_softmax(logits / T), the
+    quantity the trainer computes for the same token (top-p is left out on both sides). The
+    token only shows up in `input_ids` at the next call, so each call scores the previous
+    step's token, and `finish` scores the last one.
+    """
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+        self._previous: torch.Tensor | None = None
+        self._values: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._previous is not None:
+            self._values.append(self._previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self._previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """The (rows, new tokens) log-probabilities; NaN where no distribution was seen."""
+        if self._previous is not None and len(self._values) < new_tokens.shape[1]:
+            last = new_tokens[:, len(self._values):len(self._values) + 1].to(self._previous.device)
+            self._values.append(self._previous.gather(1, last).squeeze(1))
+            self._previous = None
+        if not self._values:
+            return torch.full(new_tokens.shape, math.nan)
+        values = torch.stack(self._values, dim=1)
+        if values.shape[1] < new_tokens.shape[1]:
+            pad = torch.full((values.shape[0], new_tokens.shape[1] - values.shape[1]), math.nan, device=values.device)
+            values = torch.cat([values, pad], dim=1)
+        return values[:, : new_tokens.shape[1]]
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
