@@ -12,6 +12,16 @@ to every logged step, for every engine:
     timing/training_s    the rest of the step: loss forward + backward, optimizer step
     timing/step_s        the whole optimizer step (on_step_begin to on_step_end)
 
+and, as parts of those, for finding where the time goes (`python -m grpo_r1.bench`):
+
+    timing/reward_s      the reward functions (part of scoring_s)
+    timing/logprobs_s    forwards without gradients: the reference model's (adapter off)
+                         and the old policy's logprobs (part of scoring_s)
+    timing/optimizer_s   the optimizer step itself (part of training_s)
+
+On a GPU each boundary waits for the GPU to finish (torch.cuda.synchronize), so the time
+lands in the phase that queued the work, not in whichever one next reads a result.
+
 With steps_per_generation > 1 a step that reuses stored completions reports 0 generation.
 Wire it with `install_step_timer(trainer)` after building the GRPOTrainer.
 """
@@ -23,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
 PREFIX = "timing/"
@@ -34,8 +45,12 @@ class StepTimer(TrainerCallback):
     def __init__(self) -> None:
         self.trainer: Any = None
         self._step_start: float | None = None
+        self._optimizer_start: float | None = None
         self._generation = 0.0
         self._generation_and_scoring = 0.0
+        self._reward = 0.0
+        self._logprobs = 0.0
+        self._optimizer = 0.0
         self.history: list[dict[str, float]] = []  # one entry per finished step
 
     def attach(self, trainer: Any) -> StepTimer:
@@ -45,42 +60,64 @@ class StepTimer(TrainerCallback):
         self.trainer = trainer
         trainer._generate = self._timed(trainer._generate, "_generation")
         trainer._generate_and_score_completions = self._timed(trainer._generate_and_score_completions, "_generation_and_scoring")
+        trainer._calculate_rewards = self._timed(trainer._calculate_rewards, "_reward")
+        trainer._get_per_token_logps_and_entropies = self._timed(
+            trainer._get_per_token_logps_and_entropies, "_logprobs", only_without_grad=True)
         trainer.add_callback(self)
         trainer._grpo_r1_step_timer = self
         return self
 
-    def _timed(self, method: Callable[..., Any], slot: str) -> Callable[..., Any]:
+    def _timed(self, method: Callable[..., Any], slot: str, only_without_grad: bool = False) -> Callable[..., Any]:
         @functools.wraps(method)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            if only_without_grad and torch.is_grad_enabled():
+                return method(*args, **kwargs)
+            start = _now()
             try:
                 return method(*args, **kwargs)
             finally:
-                setattr(self, slot, getattr(self, slot) + time.perf_counter() - start)
+                setattr(self, slot, getattr(self, slot) + _now() - start)
 
         return timed
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._step_start = time.perf_counter()
-        self._generation = 0.0
-        self._generation_and_scoring = 0.0
+        self._step_start = _now()
+        self._generation = self._generation_and_scoring = self._reward = self._logprobs = self._optimizer = 0.0
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._optimizer_start = _now()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._optimizer_start is not None:
+            self._optimizer += _now() - self._optimizer_start
+            self._optimizer_start = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._step_start is None:
             return
-        step = time.perf_counter() - self._step_start
+        step = _now() - self._step_start
         self._step_start = None
         split = {
             "generation_s": self._generation,
             "scoring_s": max(0.0, self._generation_and_scoring - self._generation),
             "training_s": max(0.0, step - self._generation_and_scoring),
             "step_s": step,
+            "reward_s": self._reward,
+            "logprobs_s": self._logprobs,
+            "optimizer_s": self._optimizer,
         }
         self.history.append(split)
         metrics = getattr(self.trainer, "_metrics", None)
         if metrics is not None:  # GRPOTrainer averages these over each logging interval, then logs them
             for key, value in split.items():
                 metrics["train"][PREFIX + key].append(value)
+
+
+def _now() -> float:
+    """A clock reading taken after the GPU (if any) has finished the work queued so far."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def install_step_timer(trainer: Any) -> StepTimer:
