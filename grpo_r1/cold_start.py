@@ -19,6 +19,7 @@ LoRA adapter then goes on to GRPO. The adapter after cold start is saved to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -52,7 +53,7 @@ def tokenize_example(tokenizer: Any, prompt: list[dict[str, str]], target: str) 
 
 
 def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfig, seed: int, run_dir: Path,
-                   log: Callable[[str], None] = print) -> list[dict[str, float]]:
+                   log: Callable[[str], None] = print, write_files: bool = True) -> list[dict[str, float]]:
     """Train the model's adapter for `cfg.steps` supervised steps on `dataset`'s solutions.
 
     Args:
@@ -63,6 +64,8 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
         seed: picks which rows are used and their order.
         run_dir: the run folder; the adapter goes to `<run_dir>/cold_start/adapter` and one JSON
             line per step (loss, tokens) to `<run_dir>/cold_start/metrics.jsonl`.
+        write_files: False in every process but the first under accelerate launch: each process
+            trains its own copy the same way (same rows, same order), one writes the files.
 
     Returns:
         The per-step records that were written.
@@ -80,16 +83,19 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     examples = [tokenize_example(tokenizer, row["prompt"], r1_target(row["solution"], row["answer"])) for row in rows]
 
     out_dir = Path(run_dir) / COLD_START_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if write_files:
+        out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
     records: list[dict[str, float]] = []
     model.train()
+    if not write_files:
+        log = _quiet
     log(f"grpo_r1: cold start: {cfg.steps} supervised steps of {cfg.batch_size} on {len(examples)} formatted solutions")
     start = time.perf_counter()
-    with open(out_dir / "metrics.jsonl", "w") as metrics_file:
+    with open(out_dir / "metrics.jsonl", "w") if write_files else contextlib.nullcontext() as metrics_file:
         for step in range(cfg.steps):
             batch = [examples[(step * cfg.batch_size + i) % len(examples)] for i in range(cfg.batch_size)]
             input_ids, labels, mask = _pad_right(batch, pad_id)
@@ -101,13 +107,19 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
             record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
                       "tokens": int((labels != -100).sum()), "elapsed_s": round(time.perf_counter() - start, 2)}
             records.append(record)
-            metrics_file.write(json.dumps(record) + "\n")
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(record) + "\n")
             if step == 0 or (step + 1) % 10 == 0 or step + 1 == cfg.steps:
                 log(f"grpo_r1: cold start step {step + 1}/{cfg.steps}: loss {record['loss']:.3f}")
     del optimizer
-    model.save_pretrained(str(out_dir / "adapter"))
-    tokenizer.save_pretrained(str(out_dir / "adapter"))
+    if write_files:
+        model.save_pretrained(str(out_dir / "adapter"))
+        tokenizer.save_pretrained(str(out_dir / "adapter"))
     return records
+
+
+def _quiet(message: str) -> None:
+    """The log of processes that do not write: they say nothing."""
 
 
 def _pad_right(batch: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -101,6 +101,12 @@ def check_launch(recipe: Any, launch: Launch) -> None:
             f"Unsloth trains on one GPU only, and this run has {launch.world_size} processes; run it with plain "
             f"`python -m grpo_r1.train`, or use model.backend=transformers with generation.engine=hf or vllm under accelerate"
         )
+    if recipe.cold_start.steps and launch.shards_parameters:
+        raise RecipeError(
+            f"cold_start trains each process's whole copy of the model before the trainer shards it, which FSDP and "
+            f"ZeRO-3 are there to avoid (this run: {launch.describe()}); set cold_start.steps=0, or use "
+            f"recipes/accelerate/ddp.yaml where each process holds the whole model anyway"
+        )
     if recipe.generation.engine == "vllm" and launch.shards_parameters:
         raise EngineError(
             f"generation.engine=vllm gives each process's vLLM the whole LoRA adapter, but FSDP and ZeRO-3 leave each "

@@ -120,7 +120,8 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
     if recipe.cold_start.steps and resuming is None:  # a checkpoint's adapter already holds it
         from grpo_r1.cold_start import run_cold_start
 
-        run_cold_start(loaded.model, loaded.tokenizer, dataset, recipe.cold_start, recipe.run.seed, run_dir)
+        run_cold_start(loaded.model, loaded.tokenizer, dataset, recipe.cold_start, recipe.run.seed, run_dir,
+                       write_files=launch.is_main)
 
     from trl import GRPOConfig, GRPOTrainer
 

@@ -84,3 +84,21 @@ def test_cold_start_refuses_data_without_solutions(smollm2, tmp_path):
 def test_recipe_refuses_bad_cold_start_settings(section):
     with pytest.raises(RecipeError, match="cold_start"):
         recipe_from_dict({"cold_start": section})
+
+
+def test_cold_start_is_refused_where_the_trainer_shards_the_model_and_runs_under_ddp():
+    from grpo_r1.distributed import Launch, check_launch
+
+    recipe = recipe_from_dict({"cold_start": {"steps": 4}})
+    with pytest.raises(RecipeError, match="cold_start.steps=0"):
+        check_launch(recipe, Launch(2, 0, 0, "fsdp", fsdp_version=2))
+    check_launch(recipe, Launch(world_size=2, rank=0))  # DDP: each process holds the whole model
+
+
+@pytest.mark.slow
+def test_processes_that_do_not_write_train_the_same_and_leave_no_files(smollm2, tmp_path):
+    dataset = load_questions(DataConfig(source="arithmetic", arithmetic_examples=8, arithmetic_max_ops=1), seed=0)
+    records = run_cold_start(smollm2.model, smollm2.tokenizer, dataset, ColdStartConfig(steps=1, batch_size=2),
+                             seed=0, run_dir=tmp_path, log=lambda _: pytest.fail("a non-writing process printed"),
+                             write_files=False)
+    assert len(records) == 1 and not (tmp_path / "cold_start").exists()
