@@ -241,7 +241,9 @@ class LearningSignalGuards(TrainerCallback):
             f"reward {name!r} paid every completion the same value ({paid}) for {step - streak.since_step} steps "
             f"({_steps(streak, step)}): it gives GRPO no signal; see what it pays for with "
             f"`python -m grpo_r1.rewards check RECIPE --generate 4`, make it give partial credit, or remove it "
-            f"from rewards"
+            f"from rewards" + (f"; if {paid} is its maximum (e.g. the format learned in a cold start), it is saturated "
+                               f"and only guards what was learned: set guards.constant_reward=off to silence this"
+                               if low == high and low > 0 else "")
         )
 
     def _logprob_gap_message(self, args: Any, streak: _Streak, step: int, worst: float | None) -> str:
