@@ -32,9 +32,9 @@ from grpo_r1 import train as train_module
 
 ROOT = Path(__file__).parent.parent
 CPU_RECIPE = ROOT / "recipes" / "smollm2_gsm8k_cpu.yaml"
-# Every case runs the CPU recipe at its smallest, so a case that wrongly starts training stays short.
+# Every case runs the CPU recipe at its smallest (no cold start), so a case that wrongly starts training stays short.
 TINY = ["training.max_steps=1", "generation.max_completion_length=16", "generation.num_generations=2",
-        "training.per_device_train_batch_size=2", "logging.report_to=none"]
+        "training.per_device_train_batch_size=2", "cold_start.steps=0", "logging.report_to=none"]
 
 GOOD_ROW = {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=7\n#### 7"}
 MY_REWARDS = '''

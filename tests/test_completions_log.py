@@ -99,6 +99,7 @@ def test_real_grpo_training_logs_completions(tmp_path, monkeypatch):
     monkeypatch.setattr(trl, "GRPOTrainer", Trainer)
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     recipe = load_recipe(CPU_RECIPE, ["training.max_steps=2", "generation.max_completion_length=12",
+                                      "training.per_device_train_batch_size=4", "cold_start.steps=0",
                                       "rewards=[graded_format, lenient_correctness]", "logging.report_to=none",
                                       f"run.output_dir={tmp_path / 'run'}"])
     result = train(recipe)

@@ -36,7 +36,7 @@ def launch_two(run_dir: Path, *overrides: str, timeout: int = 900) -> subprocess
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
            "--num_processes", "2", "--main_process_port", "0", "-m", "grpo_r1.train", str(CPU_RECIPE),
            "training.max_steps=2", "generation.max_completion_length=16", "generation.num_generations=2",
-           "training.per_device_train_batch_size=2", f"data.arithmetic_examples={ROWS}",
+           "training.per_device_train_batch_size=2", f"data.arithmetic_examples={ROWS}", "cold_start.steps=0",
            f"run.output_dir={run_dir}", *overrides]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -159,7 +159,7 @@ def test_engines_that_cannot_run_on_several_processes_are_refused(tmp_path):
     with pytest.raises(ModelError, match="Unsloth trains on one GPU only, and this run has 2 processes"):
         check_launch(unsloth, two)
     check_launch(unsloth, Launch())  # one process: the GPU checks elsewhere decide
-    vllm = load_recipe(CPU_RECIPE, ["generation.engine=vllm"])
+    vllm = load_recipe(CPU_RECIPE, ["generation.engine=vllm", "cold_start.steps=0"])  # cold start is refused sharded too
     check_launch(vllm, two)  # DDP: each process has the whole adapter
     for sharded in (Launch(2, 0, 0, "fsdp", fsdp_version=2), Launch(2, 0, 0, "deepspeed", zero_stage=3)):
         with pytest.raises(EngineError, match=r"generation.engine=vllm .*\(this run: 2 processes, (FSDP2|DeepSpeed ZeRO-3)\); use recipes/accelerate/ddp.yaml"):

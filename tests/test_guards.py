@@ -30,7 +30,7 @@ from grpo_r1.tracking import read_metrics
 ROOT = Path(__file__).parent.parent
 CPU_RECIPE = ROOT / "recipes" / "smollm2_gsm8k_cpu.yaml"
 TINY = ["generation.num_generations=2", "training.per_device_train_batch_size=2", "logging.report_to=none",
-        "data.arithmetic_examples=50"]
+        "data.arithmetic_examples=50", "cold_start.steps=0"]
 
 REWARDS = '''
 def constant_half(prompts, completions, **kwargs):

@@ -1,7 +1,8 @@
 """The notebooks: quickstart.ipynb runs end to end on a CPU; qwen3b_gpu.ipynb is at least valid Python.
 
-quickstart.ipynb trains, plots and evaluates for real, so it is slow (about two minutes on two
-cores). qwen3b_gpu.ipynb needs a CUDA GPU and Qwen2.5-3B, and is never executed here.
+quickstart.ipynb trains (a 4-step cold start, then 2 GRPO steps), plots and evaluates for real,
+so it is slow (about two minutes on two cores). qwen3b_gpu.ipynb needs a CUDA GPU and Qwen2.5-3B,
+and is never executed here.
 """
 
 import ast
@@ -41,13 +42,15 @@ def test_quickstart_trains_plots_and_evaluates(tmp_path, monkeypatch):
 
     text = "".join(_outputs(notebook, "text"))
     assert "ends_with_number" in text  # the custom reward is in the recipe and the reward table
-    assert "2 steps; run folder" in text
+    assert "cold start step 4/4" in text and "2 steps; run folder" in text
     assert len(_outputs(notebook, "image/png")) == 2  # rewards.png and training.png shown
     header = next(line for line in text.splitlines() if line.startswith("metric"))
     assert header.split() == ["metric", "base", "adapter"]
 
     run = tmp_path / "run"
     assert (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "cold_start" / "adapter" / "adapter_config.json").is_file()
+    assert len((run / "cold_start" / "metrics.jsonl").read_text().splitlines()) == 4
     assert (run / "plots" / "rewards.png").is_file() and (run / "plots" / "training.png").is_file()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "rewards/ends_with_number/mean" in metrics[0]

@@ -19,7 +19,7 @@ from grpo_r1.recipe import load_recipe
 ROOT = Path(__file__).parent.parent
 CPU_RECIPE = ROOT / "recipes" / "smollm2_gsm8k_cpu.yaml"
 TINY = ["generation.max_completion_length=16", "generation.num_generations=2", "training.per_device_train_batch_size=2",
-        "training.steps_per_generation=2", "data.arithmetic_examples=40", "logging.report_to=none"]
+        "training.steps_per_generation=2", "data.arithmetic_examples=40", "cold_start.steps=0", "logging.report_to=none"]
 
 class RewardRecorder:
     """A reward that pays by position and remembers what it was shown."""

@@ -51,7 +51,7 @@ def length_bonus(prompts, completions, **kwargs):
 def tiny_overrides(work: Path) -> list[str]:
     return [f"training.max_steps={STEPS}", "training.save_steps=1", "training.learning_rate=1e-3",
             "training.per_device_train_batch_size=2", "training.steps_per_generation=2",
-            "generation.num_generations=2", "generation.max_completion_length=16", "data.limit=3",
+            "generation.num_generations=2", "generation.max_completion_length=16", "data.limit=3", "cold_start.steps=0",
             f"rewards=[{{name: {work / 'my_rewards.py'}:length_bonus}}]"]
 
 

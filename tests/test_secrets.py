@@ -1,8 +1,8 @@
 """Secrets: a W&B API key or hub token in the environment never reaches the run folder or the logs.
 
-One real tiny training (CPU, 2 steps, W&B offline) runs with distinctive fake values in
-WANDB_API_KEY, HF_TOKEN and HUGGING_FACE_HUB_TOKEN; then every file under the run folder
-(recipe.yaml, metrics, completions.jsonl, checkpoints, the adapter, W&B's binary run file
+One real tiny training (CPU, a 1-step cold start then 2 GRPO steps, W&B offline) runs with distinctive
+fake values in WANDB_API_KEY, HF_TOKEN and HUGGING_FACE_HUB_TOKEN; then every file under the run folder
+(recipe.yaml, metrics, completions.jsonl, checkpoints, the adapter and the cold start's, W&B's binary run file
 with its record of the machine and command, its console copy and debug logs) and the command's stdout and stderr are searched for them, as
 text and as the bytes of each encoding a file could hold them in. The run is hermetic: W&B is
 offline (a fake key must never go online) and the hub is offline.
@@ -59,6 +59,7 @@ def run_with_secrets(tmp_path_factory):
     cmd = [sys.executable, "-m", "grpo_r1.train", str(CPU_RECIPE), f"run.output_dir={run_dir}",
            "training.max_steps=2", "training.save_steps=1", "generation.max_completion_length=16",
            "generation.num_generations=2", "training.per_device_train_batch_size=2",
+           "cold_start.steps=1", "cold_start.batch_size=2",  # its adapter and metrics are searched too
            "logging.completions_every=1", "logging.run_name=secrets-test"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -74,6 +75,7 @@ def test_the_run_wrote_what_is_searched(run_with_secrets):
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
     assert "recipe.yaml" in names and "metrics.jsonl" in names and "completions.jsonl" in names
     assert any(n.startswith("adapter/") for n in names)
+    assert "cold_start/metrics.jsonl" in names and any(n.startswith("cold_start/adapter/") for n in names)
     assert any(n.startswith("checkpoints/checkpoint-1/") for n in names)
     assert any(n.endswith(".wandb") for n in names), "W&B's offline run file"
     assert any(n.endswith("output.log") for n in names), "W&B's copy of the console"

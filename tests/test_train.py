@@ -33,7 +33,9 @@ def trained_run(tmp_path_factory):
     run_dir = work / "run"
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     rewards = f"rewards=[{{name: {work / 'my_rewards.py'}:length_bonus, weight: 1.0}}, graded_format, lenient_correctness]"
+    # No cold start: the LoRA check below needs every lora_B still at PEFT's zero when GRPO begins.
     cmd = [sys.executable, "-m", "grpo_r1.train", str(CPU_RECIPE), "training.max_steps=2", "training.learning_rate=1e-3",
+           "training.per_device_train_batch_size=4", "cold_start.steps=0",
            "generation.max_completion_length=32", f"run.output_dir={run_dir}", "logging.run_name=test-run",
            "logging.tags=[ci, smoke]", rewards]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
