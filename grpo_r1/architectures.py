@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +94,24 @@ def random_model_path(name: str, tokenizer_path: str, dtype: torch.dtype, seed: 
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    partial = folder.with_name(folder.name + ".partial")
-    for leftover in (partial, folder):  # a run killed while writing leaves one of these behind
-        shutil.rmtree(leftover, ignore_errors=True)
-    model.save_pretrained(str(partial))
-    tokenizer.save_pretrained(str(partial))
-    (partial / "grpo_r1_random.json").write_text(json.dumps({"architecture": name, "seed": seed, "dtype": dtype_name}))
-    del model
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    partial.rename(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Written under a name of its own, then renamed: several processes (accelerate launch) may
+    # build it at once, and a reader only ever sees a complete folder.
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(str(partial))
+        tokenizer.save_pretrained(str(partial))
+        (partial / "grpo_r1_random.json").write_text(json.dumps({"architecture": name, "seed": seed, "dtype": dtype_name}))
+        del model
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        if folder.exists() and not (folder / "grpo_r1_random.json").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # an old layout without the marker
+        try:
+            partial.rename(folder)
+        except OSError:
+            if not (folder / "grpo_r1_random.json").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder

@@ -1,7 +1,8 @@
 """Measure GRPO steps: `python -m grpo_r1.bench RECIPE.yaml [section.key=value ...] [options]`.
 
 Runs `--warmup` + `--steps` real GRPO steps of the recipe (its model, LoRA, data, rewards,
-engine and training settings; no W&B, no checkpoints) and prints, and writes as JSON:
+engine and training settings; no W&B, no checkpoints, no cold start: only GRPO steps are
+measured) and prints, and writes as JSON:
 
     s/step, questions/s, completion tokens/s          over the measured steps
     peak allocated / reserved GPU memory              over the measured steps (CUDA only)
@@ -29,6 +30,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -160,6 +162,7 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
         "peak_reserved_gib": memory.peak_reserved,
     }
     del trainer, engine, loaded
+    shutil.rmtree(workdir, ignore_errors=True)
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()

@@ -44,8 +44,19 @@ def r1_target(solution: str, gold: str) -> str:
     return f"<reasoning>\n{steps}\n</reasoning>\n<answer>\n{gold}\n</answer>"
 
 
+def check_cold_start_data(cfg: ColdStartConfig, columns: list[str]) -> None:
+    """Fail now, before the model loads, if a cold start is asked for and the data cannot feed it."""
+    missing = [c for c in ("prompt", "solution", "answer") if c not in columns]
+    if cfg.steps and missing:
+        raise DataError(f"cold_start needs the dataset columns prompt, solution and answer; {missing} missing. "
+                        f"Set cold_start.steps=0 for data without reference solutions")
+
+
 def tokenize_example(tokenizer: Any, prompt: list[dict[str, str]], target: str) -> tuple[list[int], list[int]]:
     """Token ids of prompt + target + end-of-turn, and labels with the prompt masked out (-100)."""
+    if tokenizer.eos_token_id is None:
+        raise DataError("cold_start needs a tokenizer with an eos token to end each target; set one on the "
+                        "tokenizer (model.tokenizer) or set cold_start.steps=0")
     prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -72,10 +83,7 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     """
     if cfg.steps == 0:
         return []
-    missing = [c for c in ("prompt", "solution", "answer") if c not in dataset.column_names]
-    if missing:
-        raise DataError(f"cold_start needs the dataset columns prompt, solution and answer; {missing} missing. "
-                        f"Set cold_start.steps=0 for data without reference solutions")
+    check_cold_start_data(cfg, dataset.column_names)
     wanted = cfg.examples or cfg.steps * cfg.batch_size
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)

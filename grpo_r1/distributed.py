@@ -107,6 +107,12 @@ def check_launch(recipe: Any, launch: Launch) -> None:
             f"ZeRO-3 are there to avoid (this run: {launch.describe()}); set cold_start.steps=0, or use "
             f"recipes/accelerate/ddp.yaml where each process holds the whole model anyway"
         )
+    if recipe.generation.engine == "hf-compiled" and launch.shards_parameters:
+        raise EngineError(
+            f"generation.engine=hf-compiled samples with each process's own model for as many steps as its own rows "
+            f"need, which sharded parameters (FSDP, ZeRO-3; this run: {launch.describe()}) cannot follow; use "
+            f"generation.engine=hf (TRL keeps the processes in step), or recipes/accelerate/ddp.yaml"
+        )
     if recipe.generation.engine == "vllm" and launch.shards_parameters:
         raise EngineError(
             f"generation.engine=vllm gives each process's vLLM the whole LoRA adapter, but FSDP and ZeRO-3 leave each "

@@ -63,6 +63,8 @@ class StopOnInterrupt(TrainerCallback):
             return self.requested
         flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            self.requested = True  # every process then saves, stops and exits the same way
         return bool(flag.item())
 
     @contextlib.contextmanager

@@ -67,7 +67,8 @@ class ResumePlan:
     run_name: str
 
 
-def plan_resume(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root: Path = RUNS_ROOT) -> ResumePlan:
+def plan_resume(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root: Path = RUNS_ROOT,
+                num_processes: int = 1) -> ResumePlan:
     """Find the run and checkpoint `resume` (a run folder or "auto") points at, and check that
     `recipe` may continue it. Raises RecipeError naming the fix when it cannot."""
     run_dir = find_run_dir(recipe, resume, recipe_name, runs_root)
@@ -78,7 +79,7 @@ def plan_resume(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root:
         raise RecipeError(f"--resume: run folder {str(run_dir)!r} has {found} to resume from (one is saved every "
                           f"training.save_steps steps); start it again with --overwrite instead of --resume")
     step = checkpoint_step(checkpoint)
-    check_same_experiment(saved_recipe(run_dir, checkpoint), recipe, run_dir)
+    check_same_experiment(saved_recipe(run_dir, checkpoint), recipe, run_dir, num_processes=num_processes)
     max_steps = recipe.to_dict()["training"]["max_steps"]
     if max_steps <= step:
         raise RecipeError(f"--resume: run folder {str(run_dir)!r} is already at step {step} and training.max_steps is "
@@ -132,11 +133,13 @@ def saved_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def check_same_experiment(saved: dict[str, Any], recipe: Recipe, run_dir: Path) -> None:
+def check_same_experiment(saved: dict[str, Any], recipe: Recipe, run_dir: Path, num_processes: int = 1) -> None:
     """Raise RecipeError naming every key where `recipe` differs from the run's `saved` recipe,
-    apart from `HARMLESS_KEYS`."""
+    apart from `HARMLESS_KEYS`. `num_processes`: the processes this run trains on (the batch
+    check of the saved recipe counts them)."""
     try:
-        before = _flatten(recipe_from_dict(saved, source=f"{run_dir}/{RECIPE_FILE}").to_dict())
+        before = _flatten(recipe_from_dict(saved, source=f"{run_dir}/{RECIPE_FILE}",
+                                           num_processes=num_processes).to_dict())
     except RecipeError as e:
         raise RecipeError(f"--resume: the run's saved recipe no longer loads ({e}); start a new run instead") from None
     after = _flatten(recipe.to_dict())
@@ -178,6 +181,7 @@ def rewind_run_folder(plan: ResumePlan) -> None:
     keep only the steps up to it, checkpoints after it (incomplete ones) and the end-of-run
     summary go. Steps after the checkpoint are trained again and logged once more."""
     from grpo_r1.completions_log import COMPLETIONS_FILE
+    from grpo_r1.guards import GUARDS_FILE
     from grpo_r1.tracking import METRICS_FILE, SUMMARY_FILE
 
     run_dir = plan.run_dir
@@ -187,6 +191,7 @@ def rewind_run_folder(plan: ResumePlan) -> None:
     else:
         _keep_steps_up_to(run_dir / METRICS_FILE, plan.step)
     _keep_steps_up_to(run_dir / COMPLETIONS_FILE, plan.step)
+    _keep_steps_up_to(run_dir / GUARDS_FILE, plan.step)
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
     remove_checkpoints_after(run_dir, plan.step)
 

@@ -77,6 +77,9 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
 
     dataset = load_questions(recipe.data, seed=recipe.run.seed)
     reward_funcs = load_reward_functions(recipe.rewards, dataset.column_names, base_dir=recipe.base_dir)
+    from grpo_r1.cold_start import check_cold_start_data
+
+    check_cold_start_data(recipe.cold_start, dataset.column_names)
     try_rewards_on_samples(reward_funcs, dataset)  # a reward that raises or returns NaN fails now, not at step 1
     check_model_can_load(recipe)
     if recipe.model.init == "random" and not recipe.model.train_random_init:
@@ -87,7 +90,7 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
     launch, batch = start_processes(recipe, launch)
     run_name = agree(launch, recipe.logging.run_name or f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = Path(recipe.run.output_dir or Path("runs") / run_name)
-    resuming = on_main_then_share(launch, lambda: _plan_resume(recipe, resume, recipe_name))  # None for a new run
+    resuming = on_main_then_share(launch, lambda: _plan_resume(recipe, resume, recipe_name, launch.world_size))  # None: a new run
     if resuming is not None:
         run_dir, run_name = resuming.run_dir, resuming.run_name
     else:
@@ -130,29 +133,30 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
 
     # Only rank 0 starts W&B; transformers' W&B callback logs from rank 0 only as well.
     wandb_run = start_wandb(recipe.logging, run_name, run_dir, resolved, resume=resuming is not None) if launch.is_main else None
-    args = GRPOConfig(**grpo_config_kwargs(recipe, run_dir, run_name, loaded.dtype))
-    engine = engine_from_recipe(recipe, loaded, processes=launch.world_size)  # None for "hf": TRL's own generate
-    trainer = GRPOTrainer(
-        model=loaded.model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=dataset,
-        processing_class=loaded.tokenizer,
-        callbacks=[MetricsFileCallback(run_dir)],
-        rollout_func=make_rollout_func(engine),
-    )
-    install_step_timer(trainer)  # timing/{generation,scoring,training}_s in every logged step
-    trainer.add_callback(folder)  # the first completed step: from then on the run folder is kept
-    from grpo_r1.guards import install_guards
-
-    guards = install_guards(trainer, recipe, run_dir)  # warn, or stop, when GRPO cannot learn (recipe's guards:)
-    if recipe.logging.completions_every:
-        from grpo_r1.completions_log import CompletionsLogCallback
-
-        trainer.add_callback(CompletionsLogCallback(trainer, every=recipe.logging.completions_every, run_dir=run_dir))
-    stopper = prepare_checkpoints(trainer, run_dir, resuming)
+    engine = None  # set up inside the try: a failure while building the trainer still finishes W&B and frees the engine
     interrupted = False
     try:
+        args = GRPOConfig(**grpo_config_kwargs(recipe, run_dir, run_name, loaded.dtype))
+        engine = engine_from_recipe(recipe, loaded, processes=launch.world_size)  # None for "hf": TRL's own generate
+        trainer = GRPOTrainer(
+            model=loaded.model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=loaded.tokenizer,
+            callbacks=[MetricsFileCallback(run_dir)],
+            rollout_func=make_rollout_func(engine),
+        )
+        install_step_timer(trainer)  # timing/{generation,scoring,training}_s in every logged step
+        trainer.add_callback(folder)  # the first completed step: from then on the run folder is kept
+        from grpo_r1.guards import install_guards
+
+        guards = install_guards(trainer, recipe, run_dir)  # warn, or stop, when GRPO cannot learn (recipe's guards:)
+        if recipe.logging.completions_every:
+            from grpo_r1.completions_log import CompletionsLogCallback
+
+            trainer.add_callback(CompletionsLogCallback(trainer, every=recipe.logging.completions_every, run_dir=run_dir))
+        stopper = prepare_checkpoints(trainer, run_dir, resuming)
         run_training(trainer, stopper, run_dir, resuming)
         adapter_dir = run_dir / ADAPTER_DIR
         save_adapter(trainer, loaded.tokenizer, adapter_dir, launch)
@@ -170,13 +174,13 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
     return TrainResult(run_dir=run_dir, adapter_dir=adapter_dir, global_step=trainer.state.global_step)
 
 
-def _plan_resume(recipe: Recipe, resume: str | Path | None, recipe_name: str) -> Any:
+def _plan_resume(recipe: Recipe, resume: str | Path | None, recipe_name: str, num_processes: int = 1) -> Any:
     """The run and checkpoint to continue (grpo_r1.resume.ResumePlan), or None for a new run."""
     if resume is None:
         return None
     from grpo_r1.resume import plan_resume
 
-    plan = plan_resume(recipe, resume, recipe_name)
+    plan = plan_resume(recipe, resume, recipe_name, num_processes=num_processes)
     print(f"grpo_r1: resuming {plan.run_dir} from {plan.checkpoint.name}")
     return plan
 

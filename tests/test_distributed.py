@@ -165,6 +165,10 @@ def test_engines_that_cannot_run_on_several_processes_are_refused(tmp_path):
         with pytest.raises(EngineError, match=r"generation.engine=vllm .*\(this run: 2 processes, (FSDP2|DeepSpeed ZeRO-3)\); use recipes/accelerate/ddp.yaml"):
             check_launch(vllm, sharded)
     check_launch(vllm, Launch(2, 0, 0, "deepspeed", zero_stage=2))
+    compiled = load_recipe(CPU_RECIPE, ["generation.engine=hf-compiled", "cold_start.steps=0"])
+    check_launch(compiled, two)
+    with pytest.raises(EngineError, match="generation.engine=hf-compiled .* use generation.engine=hf"):
+        check_launch(compiled, Launch(2, 0, 0, "fsdp", fsdp_version=2))
 
 
 def test_num_generations_divides_the_batch_of_all_processes():

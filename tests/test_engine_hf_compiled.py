@@ -71,3 +71,13 @@ def test_the_model_is_back_in_training_mode_afterwards(loaded):
     model.train()
     engine.generate([_prompt_ids(tokenizer, "Hi")], [1])
     assert model.training
+
+
+def test_padding_does_not_eat_into_the_completion_budget(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompt = _prompt_ids(tokenizer, "Hi")
+    sampling = SamplingSettings(max_completion_length=3, stop_token_ids=(), max_seq_length=len(prompt) + 4)
+    engine = CompiledHFEngine(model, tokenizer, sampling, pad_multiple=64)  # pads far past max_seq_length
+    engine.sync(model, 0)
+    (completion,), = engine.generate([prompt], [1])
+    assert len(completion.token_ids) == 3 and completion.finish_reason == "length"

@@ -155,7 +155,7 @@ def test_rollout_refuses_a_trainer_it_cannot_serve(overrides, message):
 
 
 def test_build_engine_rejects_unknown_kind():
-    with pytest.raises(EngineError, match="one of hf, vllm, unsloth"):
+    with pytest.raises(EngineError, match="one of hf, hf-compiled, vllm, unsloth"):
         build_engine("tgi", EngineSettings(), None, None)
 
 
@@ -463,9 +463,20 @@ def test_step_timer_splits_a_step():
             time.sleep(0.02)
             return prompts
 
+        def _calculate_rewards(self, inputs):
+            time.sleep(0.01)
+
+        def _get_per_token_logps_and_entropies(self, seconds):
+            time.sleep(seconds)
+
         def _generate_and_score_completions(self, inputs):
             self._generate(inputs)
-            time.sleep(0.01)
+            self._calculate_rewards(inputs)
+            import torch
+
+            with torch.no_grad():  # the reference model's logprobs: timed
+                self._get_per_token_logps_and_entropies(0.01)
+            self._get_per_token_logps_and_entropies(0.1)  # the loss's forward (with gradients): not timed
             return inputs
 
         def add_callback(self, callback):
@@ -477,9 +488,14 @@ def test_step_timer_splits_a_step():
     timer.on_step_begin(None, None, None)
     trainer._generate_and_score_completions([1])
     time.sleep(0.03)
+    timer.on_pre_optimizer_step(None, None, None)
+    time.sleep(0.01)
+    timer.on_optimizer_step(None, None, None)
     timer.on_step_end(None, None, None)
     (split,) = timer.history
-    assert split["generation_s"] >= 0.02 and split["scoring_s"] >= 0.01 and split["training_s"] >= 0.03
+    assert split["generation_s"] >= 0.02 and split["scoring_s"] >= 0.03 and split["training_s"] >= 0.04
+    assert 0.01 <= split["reward_s"] < 0.1 and 0.01 <= split["logprobs_s"] < 0.1  # the graded forward is not counted
+    assert 0.01 <= split["optimizer_s"] <= split["training_s"]
     assert math.isclose(split["step_s"], split["generation_s"] + split["scoring_s"] + split["training_s"], rel_tol=1e-9)
     assert trainer._metrics["train"]["timing/generation_s"] == [split["generation_s"]]
 

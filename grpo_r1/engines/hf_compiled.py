@@ -76,7 +76,7 @@ class CompiledHFEngine(Engine):
         # The padded width only ever grows: a new width means new shapes and a new compile.
         self._width = max(self._width, _round_up(max(len(r) for r in rows), self.pad_multiple))
         width = self._width
-        max_new = self.sampling.max_tokens_for(width)
+        max_new = self.sampling.max_tokens_for(max(len(r) for r in rows))  # padding does not count
         device = next(self.model.parameters()).device
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
