@@ -121,62 +121,6 @@ def check_launch(recipe: Any, launch: Launch) -> None:
         )
 
 
-@dataclass(frozen=True)
-class EffectiveBatch:
-    """How many completions one optimizer step and one generation round take, over all processes."""
-
-    per_device: int
-    processes: int
-    accumulation: int
-    generation_batch: int  # completions sampled per generation round, all processes together
-    num_generations: int
-
-    @property
-    def per_step(self) -> int:
-        """Completions per optimizer step: per_device x processes x gradient_accumulation_steps."""
-        return self.per_device * self.processes * self.accumulation
-
-    def describe(self) -> str:
-        questions = self.per_step / self.num_generations
-        text = (f"effective batch {self.per_step} completions per optimizer step = {self.per_device} per device x "
-                f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.accumulation} gradient accumulation "
-                f"({questions:g} question{'' if questions == 1 else 's'} x {self.num_generations} generations)")
-        if self.generation_batch != self.per_step:
-            text += f"; {self.generation_batch} completions sampled per generation round"
-        return text
-
-
-def effective_batch(training: Mapping[str, Any], num_generations: int, processes: int) -> EffectiveBatch:
-    """The batch sizes TRL 1.14.2's GRPOConfig derives from `training` (GRPOConfig fields) on `processes` processes.
-
-    Raises RecipeError, naming the keys to change, where TRL would refuse them: the generation
-    batch (per_device x processes x steps_per_generation, or generation_batch_size) must be a
-    multiple of the global batch and hold whole groups of num_generations completions.
-    """
-    per_device = int(training["per_device_train_batch_size"])
-    accumulation = int(training.get("gradient_accumulation_steps") or 1)
-    global_batch = per_device * processes
-    where = f"{per_device} per device x {processes} process{'es' if processes > 1 else ''}"
-    if training.get("generation_batch_size") and training.get("steps_per_generation"):
-        raise RecipeError("training.generation_batch_size and training.steps_per_generation cannot both be set; keep one")
-    if training.get("generation_batch_size"):
-        generation_batch = int(training["generation_batch_size"])
-        if generation_batch % global_batch:
-            raise RecipeError(f"training.generation_batch_size ({generation_batch}) must be a multiple of the global batch "
-                              f"({global_batch} = {where})")
-    else:
-        steps = int(training.get("steps_per_generation") or accumulation)
-        generation_batch = global_batch * steps
-        where += f" x {steps} steps per generation"
-    if generation_batch % num_generations:
-        raise RecipeError(
-            f"generation.num_generations ({num_generations}) must divide the completions sampled per generation round "
-            f"over all processes ({generation_batch} = {where}); change training.per_device_train_batch_size, "
-            f"the number of processes or generation.num_generations"
-        )
-    return EffectiveBatch(per_device, processes, accumulation, generation_batch, num_generations)
-
-
 def join(launch: Launch, *, cpu: bool) -> None:
     """Start the process group now (accelerate's PartialState), before the trainer does, so that
     processes can agree on things first. `cpu` must be what the trainer will use (GRPOConfig.use_cpu):

@@ -25,6 +25,7 @@ import difflib
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -507,22 +508,70 @@ def _check_consistency(recipe: Recipe, source: str, num_processes: int = 1) -> N
     if not recipe.rewards:
         raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
     training = {**TRAINING_DEFAULTS, **recipe.training}
-    # Under accelerate launch the round is sampled by all processes together (TRL's generation_batch_size).
-    batch = training["per_device_train_batch_size"] * training.get("gradient_accumulation_steps", 1) * num_processes
-    per_generation = training.get("generation_batch_size") or batch * (training.get("steps_per_generation") or 1)
-    if per_generation % gen.num_generations:
-        group_sizes = [str(d) for d in range(2, per_generation + 1) if per_generation % d == 0][:8]
-        raise RecipeError(
-            f"{source}: generation.num_generations ({gen.num_generations}) must divide the completions sampled per "
-            f"generation round ({per_generation} = training.per_device_train_batch_size x gradient_accumulation_steps"
-            f"{f' x {num_processes} processes' if num_processes > 1 else ''}"
-            f"{' x steps_per_generation' if training.get('steps_per_generation') else ''}); set "
-            f"training.per_device_train_batch_size to a multiple of {gen.num_generations} "
-            f"(e.g. {gen.num_generations * max(1, batch // gen.num_generations)})"
-            + (f" or generation.num_generations to one of {', '.join(group_sizes)}" if group_sizes else "")
-        )
+    try:
+        effective_batch(training, gen.num_generations, num_processes)
+    except RecipeError as e:
+        raise RecipeError(f"{source}: {e}") from None
     if training.get("beta", 0.0) < 0:
         raise RecipeError(f"{source}: 'training.beta' (the KL weight) must be >= 0, got {training['beta']}")
+
+
+@dataclass(frozen=True)
+class EffectiveBatch:
+    """How many completions one optimizer step and one generation round take, over all processes."""
+
+    per_device: int
+    processes: int
+    accumulation: int
+    generation_batch: int  # completions sampled per generation round, all processes together
+    num_generations: int
+
+    @property
+    def per_step(self) -> int:
+        """Completions per optimizer step: per_device x processes x gradient_accumulation_steps."""
+        return self.per_device * self.processes * self.accumulation
+
+    def describe(self) -> str:
+        questions = self.per_step / self.num_generations
+        text = (f"effective batch {self.per_step} completions per optimizer step = {self.per_device} per device x "
+                f"{self.processes} process{'es' if self.processes > 1 else ''} x {self.accumulation} gradient accumulation "
+                f"({questions:g} question{'' if questions == 1 else 's'} x {self.num_generations} generations)")
+        if self.generation_batch != self.per_step:
+            text += f"; {self.generation_batch} completions sampled per generation round"
+        return text
+
+
+def effective_batch(training: Mapping[str, Any], num_generations: int, processes: int) -> EffectiveBatch:
+    """The batch sizes TRL 1.14.2's GRPOConfig derives from `training` (GRPOConfig fields) on `processes` processes.
+
+    Raises RecipeError, naming the keys to change, where TRL would refuse them: the generation
+    batch (per_device x processes x steps_per_generation, or generation_batch_size) must be a
+    multiple of the global batch and hold whole groups of num_generations completions.
+    """
+    per_device = int(training["per_device_train_batch_size"])
+    accumulation = int(training.get("gradient_accumulation_steps") or 1)
+    global_batch = per_device * processes
+    where = f"{per_device} per device x {processes} process{'es' if processes > 1 else ''}"
+    if training.get("generation_batch_size") and training.get("steps_per_generation"):
+        raise RecipeError("training.generation_batch_size and training.steps_per_generation cannot both be set; keep one")
+    if training.get("generation_batch_size"):
+        generation_batch = int(training["generation_batch_size"])
+        if generation_batch % global_batch:
+            raise RecipeError(f"training.generation_batch_size ({generation_batch}) must be a multiple of the global batch "
+                              f"({global_batch} = {where})")
+    else:
+        steps = int(training.get("steps_per_generation") or accumulation)
+        generation_batch = global_batch * steps
+        where += f" x {steps} steps per generation"
+    if generation_batch % num_generations:
+        group_sizes = [str(d) for d in range(2, generation_batch + 1) if generation_batch % d == 0][:8]
+        raise RecipeError(
+            f"generation.num_generations ({num_generations}) must divide the completions sampled per generation round "
+            f"({generation_batch} = {where}); set training.per_device_train_batch_size to a multiple of "
+            f"{num_generations} (e.g. {num_generations * max(1, per_device // num_generations)})"
+            + (f" or generation.num_generations to one of {', '.join(group_sizes)}" if group_sizes else "")
+        )
+    return EffectiveBatch(per_device, processes, accumulation, generation_batch, num_generations)
 
 
 # ----------------------------------------------------------------------------- messages

@@ -222,7 +222,8 @@ def start_processes(recipe: Recipe, launch: Launch) -> tuple[Launch, Any]:
 
     import torch
 
-    from grpo_r1.distributed import check_launch, effective_batch, join
+    from grpo_r1.distributed import check_launch, join
+    from grpo_r1.recipe import effective_batch
 
     cpu = bool(recipe.training.get("use_cpu", not torch.cuda.is_available()))
     if cpu and launch.sharding != "none":

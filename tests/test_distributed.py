@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from grpo_r1.distributed import Launch, check_launch, effective_batch, launch_from_env
+from grpo_r1.distributed import Launch, check_launch, launch_from_env
 from grpo_r1.errors import EngineError, ModelError, RecipeError
-from grpo_r1.recipe import load_recipe
+from grpo_r1.recipe import effective_batch, load_recipe
 from grpo_r1.tracking import read_metrics
 from tests.wandb_files import read_offline_run
 
