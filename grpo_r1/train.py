@@ -71,14 +71,13 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
     """`train`'s steps, in order; `folder` (a RunFolder) learns where the run folder is and when a step is done."""
     if resume is not None and overwrite:
         raise RecipeError("--resume continues a run and --overwrite replaces it; pass only one of them")
+    from grpo_r1.cold_start import check_cold_start_data
     from grpo_r1.data import load_questions
     from grpo_r1.model import check_model_can_load, load_model
     from grpo_r1.rewards import load_reward_functions, try_rewards_on_samples
 
     dataset = load_questions(recipe.data, seed=recipe.run.seed)
     reward_funcs = load_reward_functions(recipe.rewards, dataset.column_names, base_dir=recipe.base_dir)
-    from grpo_r1.cold_start import check_cold_start_data
-
     check_cold_start_data(recipe.cold_start, dataset.column_names)
     try_rewards_on_samples(reward_funcs, dataset)  # a reward that raises or returns NaN fails now, not at step 1
     check_model_can_load(recipe)
