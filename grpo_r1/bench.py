@@ -112,7 +112,7 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
     engine = engine_from_recipe(recipe, loaded)
     trainer = GRPOTrainer(model=loaded.model, reward_funcs=reward_funcs, args=GRPOConfig(**kwargs),
                           train_dataset=dataset, processing_class=loaded.tokenizer,
-                          rollout_func=make_rollout_func(engine))
+                          rollout_func=make_rollout_func(engine, logprob_check=recipe.generation.importance_sampling))
     timer = install_step_timer(trainer)
     memory = _PeakMemory(start_step=warmup)
     trainer.add_callback(memory)

@@ -140,10 +140,11 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
         tracker = _PhaseTracker()
         state = _ModelState(model)
         rollout = None if recipe.generation.engine == "hf" else _full_length_rollout(tokenizer, worst.completion_tokens)
-        trainer = reserve = batch = loss = None
+        trainer = reserve = decoder_hold = batch = loss = None
         try:
             with meter.capped(_engine_share(recipe)):
                 reserve = meter.reserve(_optimizer_state_bytes(model, str(args.optim)), paged="paged" in str(args.optim))
+                decoder_hold = meter.reserve(_decoder_bytes(recipe, model, worst), paged=False)
                 trainer = GRPOTrainer(
                     model=model,
                     reward_funcs=[guard_reward(func) for func in reward_funcs],
@@ -172,10 +173,11 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
             peak, cap = meter.peak(), meter.cap()
             message = oom_message(recipe, worst, tracker.phase, peak, cap, meter.kind, _torch_detail(exc),
                                   _breakdown(model, worst, loaded.dtype, reserve.numel() if reserve is not None else None,
+                                             decoder_hold.numel() if decoder_hold is not None else None,
                                              peak, tracker.phase))
             raise PreflightError(message) from None
         finally:
-            del trainer, reserve, batch, loss
+            del trainer, reserve, decoder_hold, batch, loss
             state.restore(model)
             gc.collect()
             meter.release()
@@ -389,6 +391,16 @@ def _full_length_rollout(tokenizer: Any, tokens: int) -> Callable[[list, Any], d
     return rollout
 
 
+def _decoder_bytes(recipe: Recipe, model: Any, worst: WorstCase) -> int:
+    """What the hf-compiled engine's static decoder keeps between rounds (KV cache, merged weights)."""
+    if recipe.generation.engine != "hf-compiled":
+        return 0
+    from grpo_r1.engines.static_decoder import decoder_memory_bytes
+
+    length = worst.prompt_tokens + 64 + worst.completion_tokens  # the engine pads prompts to a multiple of 64
+    return decoder_memory_bytes(model, batch=worst.generation_batch, length=length, merged=recipe.generation.merged_weights)
+
+
 def _optimizer_state_bytes(model: Any, optim: str) -> int:
     """The optimizer state the first real step allocates: Adam keeps two values per trainable weight."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -416,18 +428,22 @@ def _kv_cache_bytes(model: Any, worst: WorstCase, dtype: torch.dtype) -> int | N
     return 2 * layers * kv_heads * head_dim * tokens * torch.empty(0, dtype=dtype).element_size()
 
 
-def _breakdown(model: Any, worst: WorstCase, dtype: torch.dtype, reserved: int | None, peak: int | None,
-               phase: str) -> list[str]:
-    """Weights, optimizer state (where reserved), KV cache (in generation) and the rest of the peak."""
+def _breakdown(model: Any, worst: WorstCase, dtype: torch.dtype, reserved: int | None, decoder: int | None,
+               peak: int | None, phase: str) -> list[str]:
+    """Weights, optimizer state (where reserved), the static decoder's cache and merged weights (hf-compiled),
+    KV cache (in generation) and the rest of the peak."""
     weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     kv = _kv_cache_bytes(model, worst, dtype) if phase == GENERATION else None
     parts = [f"weights {_size(weights)}"]
     if reserved is not None:
         parts.append(f"optimizer state {_size(reserved)}")
+    if decoder is not None:
+        parts.append(f"hf-compiled decoder (KV cache, merged weights) {_size(decoder)}")
     if kv is not None:
         parts.append(f"KV cache ~{_size(kv)}")
     if peak is not None:
-        parts.append(f"activations and gradients {_size(max(0, peak - weights - (reserved or 0) - (kv or 0)))}")
+        rest = peak - weights - (reserved or 0) - (decoder or 0) - (kv or 0)
+        parts.append(f"activations and gradients {_size(max(0, rest))}")
     return parts
 
 

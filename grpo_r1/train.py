@@ -144,7 +144,7 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
             train_dataset=dataset,
             processing_class=loaded.tokenizer,
             callbacks=[MetricsFileCallback(run_dir)],
-            rollout_func=make_rollout_func(engine),
+            rollout_func=make_rollout_func(engine, logprob_check=recipe.generation.importance_sampling),
         )
         install_step_timer(trainer)  # timing/{generation,scoring,training}_s in every logged step
         trainer.add_callback(folder)  # the first completed step: from then on the run folder is kept

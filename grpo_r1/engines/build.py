@@ -68,7 +68,7 @@ def build_engine(
     if kind == "hf-compiled":
         from grpo_r1.engines.hf_compiled import CompiledHFEngine
 
-        return CompiledHFEngine(model, tokenizer, sampling)
+        return CompiledHFEngine(model, tokenizer, sampling, merged=bool(_setting(settings, "merged_weights", False)))
     if kind == "unsloth":
         from grpo_r1.engines.unsloth_engine import UnslothEngine
 

@@ -1,34 +1,36 @@
-"""The `hf-compiled` engine: fast sampling with transformers alone, for machines without vLLM.
+"""The `hf-compiled` engine: fast sampling with transformers' models alone, for machines without vLLM.
 
 TRL's own generation (`generation.engine: hf`) calls `model.generate` with a dynamic KV cache
 and compilation turned off, one kernel launch per operation per token: on a GPU, decoding a 3B
 model is then bound by Python and launch overhead, not by memory bandwidth. This engine
 samples from the very model the trainer trains (no second copy of the weights, nothing to
-sync) and differs in four ways:
+sync) and differs in these ways:
 
-  * a static KV cache, so every decode step has the same shapes, and torch.compile with CUDA
-    graphs ("reduce-overhead") replays the whole step as one graph;
+  * for Llama-family models (Llama, Qwen2) it runs its own sampling loop
+    (`grpo_r1.engines.static_decoder`): a static KV cache and one CUDA graph per token
+    (model, sampling, stop check), the model part compiled with torch.compile; the host checks
+    for the end only every few tokens. Other models (or a 4-bit base) go through transformers'
+    `generate` with a static cache and torch.compile ("reduce-overhead"), said once on stderr;
   * prompts are left-padded to a multiple of `pad_multiple` tokens, and never to less than the
     round before, so the shapes (and the compiled graph) stay the same from step to step
     instead of recompiling for each length (a new, longer width compiles once more);
   * every prompt of the generation round goes in one batch (with `counts[i]` copies of prompt
     i), so the weights read for each token serve all of them: decoding is bandwidth-bound, and
-    48 sequences cost little more than 6;
-  * the model is switched to eval mode while it samples, so gradient checkpointing cannot turn
-    the KV cache off.
+    48 sequences cost little more than 6.
 
 Each sequence stops at its first end token (finished rows are padded while the others go on;
 the loop ends when all have ended). The log-probability of every sampled token (at the
 sampling temperature) is recorded on the way, so TRL's
-`sampling/sampling_logp_difference` compares the compiled kernels with the training forward.
+`sampling/sampling_logp_difference` compares the sampling kernels with the training forward.
 
-On a CPU there are no CUDA graphs: the engine runs the same code without compiling, which is
-what the tests exercise.
+On a CPU there are no CUDA graphs: the engine runs the same code eagerly, which is what the
+tests exercise.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,19 +38,31 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from grpo_r1.engines.base import Completion, Engine, SamplingSettings
+from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel
 from grpo_r1.errors import EngineError
 
 
 class CompiledHFEngine(Engine):
-    """Sample with the trainer's own model through transformers' static-cache, compiled generate."""
+    """Sample with the trainer's own model: our static-cache CUDA-graph loop, or transformers' compiled generate.
+
+    `decoder`: "auto" uses the static decoder where the model allows it, "static" requires it,
+    "generate" always uses transformers' generate. `merged`: the static decoder samples from a
+    merged, fused copy of the linear weights (see `grpo_r1.engines.static_decoder`).
+    """
 
     name = "hf-compiled"
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings, *, pad_multiple: int = 64,
-                 compile: bool | None = None) -> None:
+                 compile: bool | None = None, decoder: str = "auto", merged: bool = False) -> None:
         super().__init__(sampling)
         if pad_multiple < 1:
             raise EngineError(f"pad_multiple must be at least 1, got {pad_multiple}")
+        if decoder not in ("auto", "static", "generate"):
+            raise EngineError(f"decoder must be auto, static or generate, got {decoder!r}")
+        self.decoder_choice = decoder
+        self.merged = merged
+        self._decoder: StaticDecoder | None = None
+        self.fallback_reason: str | None = None  # why the static decoder is not used, once known
         self.model = model
         self.pad_multiple = pad_multiple
         self.compile = torch.cuda.is_available() if compile is None else compile
@@ -77,12 +91,58 @@ class CompiledHFEngine(Engine):
         self._width = max(self._width, _round_up(max(len(r) for r in rows), self.pad_multiple))
         width = self._width
         max_new = self.sampling.max_tokens_for(max(len(r) for r in rows))  # padding does not count
-        device = next(self.model.parameters()).device
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, ids in enumerate(rows):
             input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention_mask[i, width - len(ids):] = 1
+        decoder = self._static_decoder(len(rows), width)
+        if decoder is not None:
+            new_tokens, logprobs = decoder.sample(input_ids, attention_mask, max_new)
+        else:
+            new_tokens, logprobs = self._generate(input_ids, attention_mask, max_new)
+        completions = self._cut_at_stop(new_tokens.cpu(), logprobs.cpu())
+        groups, start = [], 0
+        for count in counts:
+            groups.append(completions[start:start + int(count)])
+            start += int(count)
+        return groups
+
+    @property
+    def uses_static_decoder(self) -> bool:
+        """Whether the last round ran the static decoder (False before the first round)."""
+        return self._decoder is not None
+
+    def _static_decoder(self, batch: int, width: int) -> StaticDecoder | None:
+        """The decoder for this shape, kept from the last round when nothing changed; None to use generate."""
+        if self.decoder_choice == "generate" or self.fallback_reason is not None:
+            return None
+        old = self._decoder
+        if old is not None and (old.batch, old.width) == (batch, width) and old.model is self.model and not old.stale():
+            return old
+        self._decoder = None  # free the old cache and graph before the new ones are made
+        del old
+        try:
+            decoder = StaticDecoder(
+                self.model, batch=batch, width=width, max_new=self.sampling.max_completion_length,
+                temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+                stop_token_ids=self.sampling.stop_token_ids, pad_token_id=self.pad_token_id,
+                compile=self.compile, graph=self.compile, merged=self.merged,
+            )
+        except UnsupportedModel as exc:
+            if self.decoder_choice == "static":
+                raise EngineError(f"the static decoder cannot run this model: {exc}; use decoder='auto' or 'generate'") from exc
+            self.fallback_reason = str(exc)
+            print(f"grpo_r1: hf-compiled samples through transformers' generate (slower): the static decoder does not "
+                  f"support {exc}", file=sys.stderr)
+            return None
+        self._decoder = decoder
+        return decoder
+
+    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """transformers' generate with a static cache (compiled on a GPU): tokens and logprobs."""
+        width = input_ids.shape[1]
+        device = next(self.model.parameters()).device
         recorder = SampledLogprobs(self.sampling.temperature)
         was_training = self.model.training
         self.model.eval()
@@ -97,13 +157,7 @@ class CompiledHFEngine(Engine):
         finally:
             self.model.train(was_training)
         new_tokens = output[:, width:]
-        logprobs = recorder.finish(new_tokens)
-        completions = self._cut_at_stop(new_tokens.cpu(), logprobs.cpu())
-        groups, start = [], 0
-        for count in counts:
-            groups.append(completions[start:start + int(count)])
-            start += int(count)
-        return groups
+        return new_tokens, recorder.finish(new_tokens)
 
     def _generation_config(self, max_new_tokens: int) -> Any:
         from transformers import CompileConfig, GenerationConfig
