@@ -64,6 +64,8 @@ def test_overrides_apply_dotted_keys_with_yaml_values(tmp_path):
     ("rewards: []", "'rewards' is empty"),
     ("rewards: [{weight: 1}]", "needs the key 'rewards[0].name'"),
     ("model: {backend: transformers}\ngeneration: {engine: unsloth}", "needs model.backend 'unsloth'"),
+    ("generation: {engine: vllm, merged_weights: true}", "'generation.merged_weights' applies to generation.engine 'hf-compiled' only"),
+    ("generation: {importance_sampling: maybe}", "'generation.importance_sampling' must be"),
     ("- a\n- b", "a recipe is a YAML mapping"),
     ("model: {name_or_path: [unclosed", "not valid YAML at line"),
 ])

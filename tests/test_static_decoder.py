@@ -61,7 +61,7 @@ def _forward_logprobs(model, prompt, completion, temperature):
 
 
 def _decoder(model, batch, width, max_new, **kw):
-    settings = dict(temperature=1.0, top_p=1.0, stop_token_ids=[1], pad_token_id=0, compile=False, graph=False)
+    settings = {"temperature": 1.0, "top_p": 1.0, "stop_token_ids": [1], "pad_token_id": 0, "compile": False, "graph": False}
     settings.update(kw)
     return StaticDecoder(model, batch=batch, width=width, max_new=max_new, **settings)
 
@@ -174,3 +174,17 @@ def test_models_it_does_not_know_fall_back_to_generate_or_are_refused_when_asked
     strict = CompiledHFEngine(gpt2, _Tokenizer(), sampling, pad_multiple=8, decoder="static")
     with pytest.raises(EngineError, match="static decoder cannot run this model: model type 'gpt2'"):
         strict.generate([_prompts([4])[0]], [1])
+
+
+def test_memory_estimate_counts_the_cache_and_the_merged_copy():
+    from grpo_r1.engines.static_decoder import decoder_memory_bytes
+
+    model = _tiny_qwen2()
+    decoder = _decoder(model, 3, 16, 8, merged=True)
+    cache = sum(t.numel() * t.element_size() for t in (*decoder.k_cache, *decoder.v_cache))
+    merged = sum(t.numel() * t.element_size() for layer in decoder.merged
+                 for t in (layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight))
+    assert decoder_memory_bytes(model, batch=3, length=24, merged=False) == cache
+    assert decoder_memory_bytes(model, batch=3, length=24, merged=True) == cache + merged
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    assert decoder_memory_bytes(gpt2, batch=3, length=24, merged=True) == 0
