@@ -109,7 +109,7 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
     kwargs = grpo_config_kwargs(recipe, workdir, f"bench-{variant}", loaded.dtype)
     kwargs.update(max_steps=warmup + steps, save_strategy="no", report_to="none", logging_steps=1,
                   disable_tqdm=True)
-    engine = engine_from_recipe(recipe, loaded)
+    engine = engine_from_recipe(recipe, loaded, dataset=dataset)
     trainer = GRPOTrainer(model=loaded.model, reward_funcs=reward_funcs, args=GRPOConfig(**kwargs),
                           train_dataset=dataset, processing_class=loaded.tokenizer,
                           rollout_func=make_rollout_func(engine, logprob_check=recipe.generation.importance_sampling))

@@ -122,6 +122,7 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
     """Run one GRPO step at the recipe's worst case and leave the model as it was; see the module doc."""
     from trl import GRPOConfig, GRPOTrainer
 
+    from grpo_r1.engines.rollout import longest_prompt
     from grpo_r1.rewards import guard_reward
     from grpo_r1.train import grpo_config_kwargs
 
@@ -184,19 +185,6 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
         peak, cap = meter.peak(), meter.cap()
     return PreflightReport(worst_case=worst, phases=tracker.phases, seconds=time.perf_counter() - started,
                            peak_bytes=peak, cap_bytes=cap, memory_kind=meter.kind)
-
-
-def longest_prompt(dataset: Any, tokenizer: Any, batch_size: int = 256) -> tuple[int, int]:
-    """(row, token count) of the dataset's longest prompt, tokenized as the trainer does (chat template)."""
-    from grpo_r1.engines.rollout import tokenize_prompts
-
-    best_row, best_len = 0, -1
-    prompts = dataset["prompt"]
-    for start in range(0, len(prompts), batch_size):
-        for offset, ids in enumerate(tokenize_prompts(tokenizer, prompts[start:start + batch_size])):
-            if len(ids) > best_len:
-                best_row, best_len = start + offset, len(ids)
-    return best_row, best_len
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -136,7 +136,7 @@ def _train(recipe: Recipe, folder: Any, *, overwrite: bool, resume: str | Path |
     interrupted = False
     try:
         args = GRPOConfig(**grpo_config_kwargs(recipe, run_dir, run_name, loaded.dtype))
-        engine = engine_from_recipe(recipe, loaded, processes=launch.world_size)  # None for "hf": TRL's own generate
+        engine = engine_from_recipe(recipe, loaded, processes=launch.world_size, dataset=dataset)  # None for "hf": TRL's own generate
         trainer = GRPOTrainer(
             model=loaded.model,
             reward_funcs=reward_funcs,

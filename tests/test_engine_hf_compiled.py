@@ -64,6 +64,25 @@ def test_padded_width_only_grows_so_shapes_stay_the_same(loaded):
     assert engine._width == width
 
 
+def test_the_recipe_engine_pads_to_the_datasets_longest_prompt_from_the_first_round(loaded):
+    from datasets import Dataset
+
+    from grpo_r1.engines import engine_from_recipe
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    questions = ["Hi", "Count the apples: " + "one apple, " * 40, "What is 2+3?"]
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in questions]})
+    recipe = recipe_from_dict({"generation": {"engine": "hf-compiled", "max_completion_length": 2}})
+    engine = engine_from_recipe(recipe, loaded, dataset=dataset)
+    engine.sync(model, 0)
+    longest = _prompt_ids(tokenizer, questions[1])
+    engine.generate([_prompt_ids(tokenizer, "Hi")], [2])
+    decoder = engine._decoder
+    assert decoder is not None and engine._width >= len(longest)
+    engine.generate([longest], [2])  # the longest prompt arrives later: same shapes, no new decoder (no new compile)
+    assert engine._decoder is decoder
+
+
 def test_the_model_is_back_in_training_mode_afterwards(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     engine = CompiledHFEngine(model, tokenizer, SamplingSettings(max_completion_length=2, stop_token_ids=(2,)))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_r1.engines.base import Engine, SamplingSettings, eos_token_ids
+from grpo_r1.engines.rollout import longest_prompt
 from grpo_r1.errors import EngineError
 
 ENGINES = ("hf", "hf-compiled", "vllm", "unsloth")
@@ -47,12 +48,15 @@ def build_engine(
     max_lora_rank: int | None = None,
     seed: int = 0,
     llm_kwargs: dict[str, Any] | None = None,
+    prompt_width: int = 0,
 ) -> Engine | None:
     """The engine of `kind` ("hf" | "hf-compiled" | "vllm" | "unsloth"); None for "hf" (TRL's built-in generate).
 
     `model` is the model the trainer trains (for vllm: to read its dtype, eos ids and LoRA
     rank; for unsloth: the model whose vLLM it samples with). `base_model_dir` is the Hugging
     Face folder of the base weights (vllm only). `llm_kwargs`: more vllm.LLM arguments (vllm only).
+    `prompt_width`: the longest prompt in tokens (hf-compiled only: it pads every round to at least
+    that, so a longer prompt later does not compile its decoder again).
     """
     if kind not in ENGINES:
         raise EngineError(f"generation.engine must be one of {', '.join(ENGINES)}; got {kind!r}")
@@ -68,7 +72,8 @@ def build_engine(
     if kind == "hf-compiled":
         from grpo_r1.engines.hf_compiled import CompiledHFEngine
 
-        return CompiledHFEngine(model, tokenizer, sampling, merged=bool(_setting(settings, "merged_weights", False)))
+        return CompiledHFEngine(model, tokenizer, sampling, merged=bool(_setting(settings, "merged_weights", False)),
+                                prompt_width=prompt_width)
     if kind == "unsloth":
         from grpo_r1.engines.unsloth_engine import UnslothEngine
 
@@ -90,14 +95,18 @@ def build_engine(
     )
 
 
-def engine_from_recipe(recipe: Any, loaded: Any, *, processes: int = 1) -> Engine | None:
+def engine_from_recipe(recipe: Any, loaded: Any, *, processes: int = 1, dataset: Any = None) -> Engine | None:
     """`build_engine` for a grpo_r1 Recipe and the LoadedModel of grpo_r1.model.load_model.
 
     `processes` > 1 (accelerate launch): each process starts its own vllm engine as vLLM's
     "external_launcher" (torchrun-style) executor, which takes the process's GPU from LOCAL_RANK
-    and joins the trainer's process group as one independent data-parallel rank.
+    and joins the trainer's process group as one independent data-parallel rank. `dataset` (the
+    training questions): hf-compiled sizes its decoder for the longest prompt in it from the start.
     """
     gen = recipe.generation
+    prompt_width = 0
+    if gen.engine == "hf-compiled" and dataset is not None:
+        prompt_width = longest_prompt(dataset, loaded.tokenizer)[1]
     llm_kwargs = {"distributed_executor_backend": "external_launcher"} if processes > 1 and gen.engine == "vllm" else None
     return build_engine(
         gen.engine,
@@ -109,6 +118,7 @@ def engine_from_recipe(recipe: Any, loaded: Any, *, processes: int = 1) -> Engin
         max_lora_rank=getattr(gen, "max_lora_rank", None) or recipe.lora.r,
         seed=recipe.run.seed,
         llm_kwargs=llm_kwargs,
+        prompt_width=prompt_width,
     )
 
 

@@ -13,7 +13,9 @@ sync) and differs in these ways:
     `generate` with a static cache and torch.compile ("reduce-overhead"), said once on stderr;
   * prompts are left-padded to a multiple of `pad_multiple` tokens, and never to less than the
     round before, so the shapes (and the compiled graph) stay the same from step to step
-    instead of recompiling for each length (a new, longer width compiles once more);
+    instead of recompiling for each length (a new, longer width compiles once more). Given
+    `prompt_width` (the dataset's longest prompt: `engine_from_recipe` passes it), the first
+    round already pads to that, so no later round compiles again;
   * every prompt of the generation round goes in one batch (with `counts[i]` copies of prompt
     i), so the weights read for each token serve all of them: decoding is bandwidth-bound, and
     48 sequences cost little more than 6.
@@ -48,15 +50,19 @@ class CompiledHFEngine(Engine):
     `decoder`: "auto" uses the static decoder where the model allows it, "static" requires it,
     "generate" always uses transformers' generate. `merged`: the static decoder samples from a
     merged, fused copy of the linear weights (see `grpo_r1.engines.static_decoder`).
+    `prompt_width`: the longest prompt expected, in tokens; every round pads to at least that.
     """
 
     name = "hf-compiled"
 
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings, *, pad_multiple: int = 64,
-                 compile: bool | None = None, decoder: str = "auto", merged: bool = False) -> None:
+                 compile: bool | None = None, decoder: str = "auto", merged: bool = False,
+                 prompt_width: int = 0) -> None:
         super().__init__(sampling)
         if pad_multiple < 1:
             raise EngineError(f"pad_multiple must be at least 1, got {pad_multiple}")
+        if prompt_width < 0:
+            raise EngineError(f"prompt_width must be at least 0, got {prompt_width}")
         if decoder not in ("auto", "static", "generate"):
             raise EngineError(f"decoder must be auto, static or generate, got {decoder!r}")
         self.decoder_choice = decoder
@@ -70,7 +76,7 @@ class CompiledHFEngine(Engine):
         if pad is None:
             raise EngineError("the tokenizer has neither a pad nor an eos token; the hf-compiled engine pads prompts with one")
         self.pad_token_id = int(pad)
-        self._width = 0  # the prompt width of the last round; see generate
+        self._width = _round_up(prompt_width, pad_multiple)  # the prompt width of the last round; see generate
 
     def sync(self, model: Any, version: int) -> bool:
         """The engine samples from `model` itself: nothing is copied, only the version is noted."""
