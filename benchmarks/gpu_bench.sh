@@ -5,6 +5,7 @@
 #   batched    the batched shape (8 questions x 6 x 200)
 #   micro      the static decoder's time per token and its logprob gap (benchmarks/gen_microbench.py)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
+#   batched_levers  the same levers at the batched shape (into $OUT/batched/)
 #   preflight  the preflight's out-of-memory message at the worst case of a 4096-token recipe
 # Each part writes PART.json / PART.log into $OUT (default /tmp/out) and is cut off after its
 # share of the 10-minute device call (TIMEOUT_PART or PART_TIMEOUT seconds, default 300).
@@ -28,6 +29,9 @@ for part in "$@"; do
             --out "$out/batched.json" 2>&1 | tee "$out/batched.log" | show ;;
     micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
+    batched_levers) mkdir -p "$out/batched"
+            LEVER_SHAPE="${BATCHED[*]}" LEVER_LOGS=/tmp/lever_logs/batched timeout $limit bash benchmarks/memory_levers.sh \
+            "$out/batched" $LEVERS 2>&1 | tee "$out/batched_levers.log" | show 40 ;;
     preflight) timeout $limit python - "${QWEN_ARGS[@]}" <<'PY' 2>&1 | tee "$out/preflight.log" | grep -E "^error|preflight|exit"
 import sys, torch
 torch.cuda.set_per_process_memory_fraction(24 * 2**30 / torch.cuda.get_device_properties(0).total_memory)

@@ -2,6 +2,7 @@
 # The memory-lever table of docs/benchmarks.md: the seed shape (1 question x 6 x 200, r64, KL, 24 GiB
 # cap) once per lever, each lever one recipe setting changed from recipes/bench/qwen3b_seed_shape.yaml.
 #   bash benchmarks/memory_levers.sh OUT_DIR [LEVER ...]      (after: source benchmarks/gpu_setup.sh)
+# LEVER_SHAPE="key=value ..." is appended to every run (gpu_bench.sh's batched_levers part sets the batched shape).
 # Prints one line per lever (peak allocated/reserved GiB, s/step, generation s) and writes OUT_DIR/lever_NAME.json
 # (each run's output goes to $LEVER_LOGS/lever_NAME.log, default /tmp/lever_logs).
 out=${1:?usage: memory_levers.sh OUT_DIR [LEVER ...]}; shift
@@ -16,14 +17,15 @@ declare -A LEVERS=(
   [adamw_fused]="training.optim=adamw_torch_fused"
   [adamw_8bit]="training.optim=adamw_8bit"
   [liger_loss]="training.use_liger_kernel=true"
+  [no_kl]="training.beta=0"
   [qlora_4bit]="model.load_in_4bit=true generation.engine=hf generation.merged_weights=false"
   [unsloth_offloaded_gc]="model.backend=unsloth model.gradient_checkpointing=unsloth"
 )
-names=("$@"); [ ${#names[@]} -eq 0 ] && names=(recipe no_checkpointing live_lora_decoder importance_sampling adamw_fused adamw_8bit liger_loss qlora_4bit unsloth_offloaded_gc)
+names=("$@"); [ ${#names[@]} -eq 0 ] && names=(recipe no_checkpointing live_lora_decoder importance_sampling adamw_fused adamw_8bit liger_loss no_kl qlora_4bit unsloth_offloaded_gc)
 for name in "${names[@]}"; do
   [ -n "${LEVERS[$name]+x}" ] || { echo "unknown lever $name"; exit 2; }
   # shellcheck disable=SC2086
-  python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" ${LEVERS[$name]} --gpu-mem 24 --steps ${LEVER_STEPS:-2} --warmup ${LEVER_WARMUP:-1} \
+  python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" ${LEVERS[$name]} $LEVER_SHAPE --gpu-mem 24 --steps ${LEVER_STEPS:-2} --warmup ${LEVER_WARMUP:-1} \
     --out "$out/lever_$name.json" > "$logs/lever_$name.log" 2>&1
   python - "$name" "$out/lever_$name.json" "${LEVERS[$name]}" "$logs/lever_$name.log" <<'PY'
 import json, sys
