@@ -6,6 +6,7 @@ right distribution, stops, and notices when the weights it reads are replaced.
 """
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -110,8 +111,10 @@ def test_replaced_weights_make_the_engine_build_a_new_decoder():
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     layer.lora_B["default"].weight = torch.nn.Parameter(torch.randn_like(layer.lora_B["default"].weight))
     assert first.stale()
+    old_cache = weakref.ref(first.k_cache[0])
     (completion, _), = engine.generate([prompt], [2])
     assert engine._decoder is not first
+    assert old_cache() is None  # the old decoder's memory went before the new one's was taken
     expected = _forward_logprobs(model, prompt, completion.token_ids, 1.0)
     assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-5)
 
@@ -188,3 +191,88 @@ def test_memory_estimate_counts_the_cache_and_the_merged_copy():
     assert decoder_memory_bytes(model, batch=3, length=24, merged=True) == cache + merged
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
     assert decoder_memory_bytes(gpt2, batch=3, length=24, merged=True) == 0
+
+
+def _tiny_qlora(tmp_path, dtype, compute_dtype=None):
+    """The tiny Qwen2 through QLoRA as grpo_r1.model builds it on a GPU: bitsandbytes nf4 base (double
+    quantization, loaded in `dtype`, computing in `compute_dtype`), PEFT's kbit preparation, a LoRA
+    with a non-zero B."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    _tiny_qwen2(lora=False).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype or dtype)
+    base = Qwen2ForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu", dtype=dtype)
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    # Left in training mode (dropout is 0), as the trainer runs it: in eval mode, bitsandbytes repacks a
+    # 4-bit weight for its CPU kernel at the first forward (never on a GPU).
+    return model.train()
+
+
+def test_a_4bit_base_is_sampled_through_the_dequantized_merged_copy(tmp_path):
+    model = _tiny_qlora(tmp_path, torch.float32)
+    assert type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    prompts = _prompts([5, 11, 16])
+    decoder = _decoder(model, 3, 16, 10, temperature=0.8, stop_token_ids=[], merged=True)
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad(prompts, 16), 10)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    import bitsandbytes.functional as bnb_functional
+
+    base = bnb_functional.dequantize_4bit(q_proj.base_layer.weight, q_proj.base_layer.weight.quant_state)
+    effective = base + q_proj.scaling["default"] * q_proj.lora_B["default"].weight @ q_proj.lora_A["default"].weight
+    assert torch.allclose(decoder.merged[0].qkv.weight[:64], effective, atol=1e-6)  # the q rows of the fused copy
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        expected = _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8)
+        # bitsandbytes' CPU 4-bit matmul differs from dequantize-then-matmul by about 2e-3 per output
+        assert torch.allclose(row_logprobs, expected, atol=1e-2), (row_logprobs, expected)
+    ids, mask = _left_pad(prompts, 16)
+    with torch.no_grad():  # a training forward: bitsandbytes recasts the q/k/v biases to the input's dtype
+        model(ids.to(torch.long)).logits.float().sum()
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn_like(param) * 0.1)  # and an optimizer step
+    assert not decoder.stale()  # the same decoder serves the next round: no rebuild, no second merged copy
+    torch.manual_seed(1)
+    tokens, logprobs = decoder.sample(ids, mask, 10)
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        assert torch.allclose(row_logprobs, _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8), atol=1e-2)
+    with pytest.raises(UnsupportedModel, match="merged_weights=true"):  # the live path would need 4-bit kernels
+        _decoder(model, 3, 16, 10, merged=False)
+    engine = CompiledHFEngine(model, _Tokenizer(), SamplingSettings(max_completion_length=3, stop_token_ids=()),
+                              pad_multiple=8, merged=False)
+    engine.sync(model, 0)
+    engine.generate(prompts[:1], [2])
+    assert "merged_weights=true" in engine.fallback_reason
+
+
+@pytest.mark.parametrize("loaded_in", [torch.bfloat16, torch.float32], ids=["loaded-bf16", "loaded-fp32"])
+def test_a_4bit_base_with_float32_norms_decodes_in_its_compute_dtype(tmp_path, loaded_in):
+    from grpo_r1.engines.static_decoder import decoder_memory_bytes
+
+    model = _tiny_qlora(tmp_path, loaded_in, compute_dtype=torch.bfloat16)
+    embed = model.get_input_embeddings().weight
+    assert embed.dtype == torch.float32  # what PEFT's kbit preparation leaves beside the bf16 compute dtype
+    prompts = _prompts([5, 11, 16])
+    decoder = _decoder(model, 3, 16, 10, stop_token_ids=[], merged=True)
+    assert decoder.dtype == torch.bfloat16 and decoder.w.embed.dtype == torch.bfloat16
+    assert all(layer.qkv.weight.dtype == torch.bfloat16 for layer in decoder.merged)  # not the dtype it was loaded in
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad(prompts, 16), 10)
+    assert torch.equal(decoder.w.embed, embed.to(torch.bfloat16))  # the copy holds the model's current embedding
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        expected = _forward_logprobs(model, prompt, row_tokens.tolist(), 1.0)
+        assert (row_logprobs - expected).abs().mean() < 0.05, (row_logprobs, expected)  # bf16 against mixed precision
+    # The forwards made bitsandbytes recast the q/k/v biases to float32 (new tensors): the decoder reads
+    # them at each merge, so it is still current (on a GPU a stale decoder was rebuilt every round).
+    assert not decoder.stale()
+    held = sum(t.numel() * t.element_size() for t in (*decoder.k_cache, *decoder.v_cache, *(c for c, _ in decoder._casts)))
+    held += sum(t.numel() * t.element_size() for layer in decoder.merged
+                for t in (layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight))
+    assert decoder_memory_bytes(model, batch=3, length=26, merged=True) == held
+    assert decoder_memory_bytes(model, batch=3, length=26, merged=False) == 0  # falls back to generate

@@ -9,7 +9,8 @@ sync) and differs in these ways:
   * for Llama-family models (Llama, Qwen2) it runs its own sampling loop
     (`grpo_r1.engines.static_decoder`): a static KV cache and one CUDA graph per token
     (model, sampling, stop check), the model part compiled with torch.compile; the host checks
-    for the end only every few tokens. Other models (or a 4-bit base) go through transformers'
+    for the end only every few tokens; a 4-bit (QLoRA) base only with `merged`, sampled from a
+    dequantized merged copy. Other models (or a 4-bit base read live) go through transformers'
     `generate` with a static cache and torch.compile ("reduce-overhead"), said once on stderr;
   * prompts are left-padded to a multiple of `pad_multiple` tokens, and never to less than the
     round before, so the shapes (and the compiled graph) stay the same from step to step
@@ -126,7 +127,9 @@ class CompiledHFEngine(Engine):
         old = self._decoder
         if old is not None and (old.batch, old.width) == (batch, width) and old.model is self.model and not old.stale():
             return old
-        self._decoder = None  # free the old cache and graph before the new ones are made
+        self._decoder = None
+        if old is not None:
+            old.close()  # free the old cache, merged copy and graph before the new ones are made
         del old
         try:
             decoder = StaticDecoder(

@@ -25,12 +25,16 @@ Positions: every row uses positions 0..L-1 of the padded batch, left padding inc
 trainer's forward does when it gets no position ids; rotary embeddings only see position
 differences, so a row's padding changes nothing.
 
-Anything else (other architectures, 4-bit base weights, DoRA, several active adapters) raises
-`UnsupportedModel`; the engine then falls back to transformers' generate.
+A 4-bit base (bitsandbytes' Linear4bit, QLoRA) is read only through the merged copy: each round
+dequantizes it into the copy with the adapter added, so decoding runs at the speed of a bf16
+model while training keeps the 4-bit base. Anything else (other architectures, a 4-bit base
+with the LoRA read live, DoRA, several active adapters) raises `UnsupportedModel`; the engine
+then falls back to transformers' generate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,7 +53,12 @@ class UnsupportedModel(Exception):
 
 @dataclass
 class Projection:
-    """One linear layer as the decoder computes it: base weight (+ bias) + scale * B(A(x))."""
+    """One linear layer as the decoder computes it: base weight (+ bias) + scale * B(A(x)).
+
+    `quant_state` is set when `weight` is a bitsandbytes 4-bit weight (packed bytes); such a
+    projection is only ever merged (`base_weight` dequantizes it), never called. Its bias is read
+    from `module` at each merge: bitsandbytes recasts a 4-bit layer's bias to the input's dtype in
+    its forward, a new tensor each time the dtype changes."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
@@ -57,16 +66,47 @@ class Projection:
     lora_b: torch.Tensor | None = None
     lora_b_bias: torch.Tensor | None = None
     scale: float = 1.0
+    quant_state: Any = None
+    compute_dtype: torch.dtype | None = None  # a 4-bit layer's: what its forward computes in
+    module: Any = None  # a 4-bit layer itself
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out_features, in_features) of the unpacked weight."""
+        return tuple(self.quant_state.shape) if self.quant_state is not None else tuple(self.weight.shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the weight computes in (a 4-bit layer's compute dtype, else its weight's dtype)."""
+        if self.quant_state is None:
+            return self.weight.dtype
+        return self.compute_dtype or self.quant_state.dtype
+
+    def base_weight(self) -> torch.Tensor:
+        """The base weight as a plain tensor (a 4-bit weight dequantized, as bitsandbytes' matmul does)."""
+        if self.quant_state is None:
+            return self.weight
+        import bitsandbytes.functional as bnb_functional
+
+        return bnb_functional.dequantize_4bit(self.weight, self.quant_state)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant_state is not None:
+            raise UnsupportedModel("a 4-bit weight is only read through the merged copy")
         out = F.linear(x, self.weight, self.bias)
         if self.lora_a is not None:
             low = F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b, self.lora_b_bias)
             out = (out + low * self.scale).to(out.dtype)  # as PEFT adds it: in the wider dtype, then rounded
         return out
 
+    def current_bias(self) -> torch.Tensor | None:
+        """The bias as the layer holds it now."""
+        return self.module.bias if self.module is not None else self.bias
+
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.weight, self.bias, self.lora_a, self.lora_b, self.lora_b_bias) if t is not None]
+        """The tensors read in place (a 4-bit layer's bias is not: it is re-read at each merge)."""
+        bias = None if self.module is not None else self.bias
+        return [t for t in (self.weight, bias, self.lora_a, self.lora_b, self.lora_b_bias) if t is not None]
 
 
 @dataclass
@@ -95,26 +135,29 @@ class MergedLayer:
 
 def merge_into(weight: torch.Tensor, bias: torch.Tensor | None, source: Projection) -> None:
     """Write `source`'s effective weight (base + scale * B @ A, computed in float32) and bias into the buffers."""
+    base = source.base_weight()
     if source.lora_a is None:
-        weight.copy_(source.weight)
+        weight.copy_(base)
     else:
-        weight.copy_(torch.addmm(source.weight.float(), source.lora_b.float(), source.lora_a.float(), alpha=source.scale))
+        weight.copy_(torch.addmm(base.float(), source.lora_b.float(), source.lora_a.float(), alpha=source.scale))
     if bias is not None:
-        merged = source.bias.float() if source.bias is not None else torch.zeros(bias.shape, device=bias.device)
+        base_bias = source.current_bias()
+        merged = base_bias.float() if base_bias is not None else torch.zeros(bias.shape, device=bias.device)
         if source.lora_b_bias is not None:
             merged = merged + source.scale * source.lora_b_bias.float()
         bias.copy_(merged)
 
 
-def _merged_layer(layer: Layer) -> MergedLayer:
+def _merged_layer(layer: Layer, dtype: torch.dtype) -> MergedLayer:
     def fused(parts: list[Projection]) -> tuple[Projection, list]:
-        first = parts[0].weight
-        weight = torch.empty((sum(p.weight.shape[0] for p in parts), first.shape[1]), dtype=first.dtype, device=first.device)
+        first = parts[0]
+        device = first.weight.device
+        weight = torch.empty((sum(p.shape[0] for p in parts), first.shape[1]), dtype=dtype, device=device)
         has_bias = any(p.bias is not None or p.lora_b_bias is not None for p in parts)
-        bias = torch.empty(weight.shape[0], dtype=first.dtype, device=first.device) if has_bias else None
+        bias = torch.empty(weight.shape[0], dtype=dtype, device=device) if has_bias else None
         sources, row = [], 0
         for part in parts:
-            rows = slice(row, row + part.weight.shape[0])
+            rows = slice(row, row + part.shape[0])
             sources.append((weight[rows], None if bias is None else bias[rows], part))
             row = rows.stop
         return Projection(weight, bias), sources
@@ -185,13 +228,57 @@ def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool) -
         w = read_weights(model)
     except UnsupportedModel:
         return 0
-    size = w.embed.element_size()
+    if _is_quantized(w) and not merged:
+        return 0  # the engine falls back to transformers' generate
+    dtype = _compute_dtype(w) if _is_quantized(w) else w.embed.dtype
+    size = torch.empty((), dtype=dtype).element_size()
     cache = 2 * len(w.layers) * batch * w.kv_heads * length * w.head_dim * size
+    cache += sum(t.numel() for t in _cast_sources(w, dtype)) * size  # copies in the compute dtype (4-bit models)
     if not merged:
         return cache
-    linear = sum(p.weight.numel() for layer in w.layers for p in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up,
-                                                                 layer.down))
+    linear = sum(math.prod(p.shape) for layer in w.layers for p in (layer.q, layer.k, layer.v, layer.o, layer.gate,
+                                                                    layer.up, layer.down))
     return cache + linear * size
+
+
+def _is_quantized(w: Weights) -> bool:
+    return any(p.quant_state is not None for layer in w.layers
+               for p in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+
+
+def _compute_dtype(w: Weights) -> torch.dtype:
+    return w.layers[0].q.dtype if w.layers else w.embed.dtype
+
+
+def _cast_sources(w: Weights, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The embedding, norm and lm_head tensors not already in `dtype`, each once (a tied lm_head is the embedding)."""
+    seen: dict[int, torch.Tensor] = {}
+    for tensor in (w.embed, w.norm, w.lm_head.weight, w.lm_head.bias,
+                   *(norm for layer in w.layers for norm in (layer.input_norm, layer.post_norm))):
+        if tensor is not None and tensor.dtype != dtype:
+            seen.setdefault(tensor.data_ptr(), tensor)
+    return list(seen.values())
+
+
+def _in_dtype(w: Weights, dtype: torch.dtype) -> tuple[Weights, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """`w` with the embedding, norms and lm_head in `dtype`, and the (copy, source) pairs that made it.
+
+    QLoRA's preparation (PEFT's prepare_model_for_kbit_training) keeps these in float32 beside the
+    bf16 compute dtype of the 4-bit weights; the decoder computes in one dtype, so it reads copies
+    (refreshed every round, as a trained embedding would change). A tensor already in `dtype` is
+    read in place; a tied embedding and lm_head share one copy."""
+    copies = {t.data_ptr(): torch.empty(t.shape, dtype=dtype, device=t.device) for t in _cast_sources(w, dtype)}
+    if not copies:
+        return w, []
+    pairs = [(copies[t.data_ptr()], t) for t in _cast_sources(w, dtype)]
+
+    def cast(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else copies.get(tensor.data_ptr(), tensor) if tensor.dtype != dtype else tensor
+
+    layers = [dataclasses.replace(layer, input_norm=cast(layer.input_norm), post_norm=cast(layer.post_norm))
+              for layer in w.layers]
+    head = dataclasses.replace(w.lm_head, weight=cast(w.lm_head.weight), bias=cast(w.lm_head.bias))
+    return dataclasses.replace(w, embed=cast(w.embed), layers=layers, norm=cast(w.norm), lm_head=head), pairs
 
 
 def _plain(tensor: torch.Tensor, what: str) -> torch.Tensor:
@@ -207,7 +294,8 @@ def _norm_weight(module: Any) -> torch.Tensor:
 
 
 def _projection(module: Any) -> Projection:
-    """A plain nn.Linear, or PEFT's LoRA Linear with one active, unmerged, non-DoRA adapter."""
+    """A plain nn.Linear or bitsandbytes Linear4bit, or PEFT's LoRA layer with one active, unmerged, non-DoRA
+    adapter over one of them."""
     if hasattr(module, "base_layer") and hasattr(module, "lora_A"):
         base = module.base_layer
         active = [name for name in module.active_adapters if name in module.lora_A]
@@ -224,6 +312,12 @@ def _projection(module: Any) -> Projection:
         plain.lora_b_bias = module.lora_B[name].bias
         plain.scale = float(module.scaling[name])
         return plain
+    quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
+    if type(module).__name__ == "Linear4bit" and quant_state is not None:
+        if getattr(quant_state, "packing_format_for_cpu", False):
+            raise UnsupportedModel("a 4-bit weight repacked for bitsandbytes' CPU kernel (an eval-mode forward on a CPU)")
+        return Projection(module.weight, module.bias, quant_state=quant_state,
+                          compute_dtype=getattr(module, "compute_dtype", None), module=module)
     if not isinstance(module, torch.nn.Linear) or type(module).__name__ != "Linear":
         raise UnsupportedModel(f"layer type {type(module).__module__}.{type(module).__name__}")
     return Projection(_plain(module.weight, "a linear weight"), module.bias)
@@ -254,17 +348,26 @@ class StaticDecoder:
                  stop_token_ids: Sequence[int], pad_token_id: int, compile: bool, graph: bool,
                  merged: bool = False, check_every: int = 8) -> None:
         self.model = model
-        self.w = read_weights(model)
+        read = read_weights(model)
         self.batch, self.width, self.max_new = batch, width, max_new
         self.length = width + max_new
         self.temperature, self.top_p = float(temperature), float(top_p)
         self.pad_token_id, self.check_every = int(pad_token_id), max(1, int(check_every))
-        embed = self.w.embed
-        self.device, self.dtype = embed.device, embed.dtype
+        self._pointers = [t.data_ptr() for t in read.tensors()]
+        if read.lm_head.quant_state is not None:
+            raise UnsupportedModel("a 4-bit lm_head")
+        quantized = _is_quantized(read)
+        if quantized and not merged:
+            raise UnsupportedModel("4-bit base weights with the LoRA read live (generation.merged_weights=true samples "
+                                   "from a dequantized, merged copy instead)")
+        # The dtype the decoder computes in: the model's, or a 4-bit model's compute dtype (its norms and
+        # embedding may be float32 after QLoRA's preparation: the decoder then reads copies in that dtype).
+        self.device = read.embed.device
+        self.dtype = _compute_dtype(read) if quantized else read.embed.dtype
+        self.w, self._casts = _in_dtype(read, self.dtype)
         self.use_graph = graph and self.device.type == "cuda"
-        self._pointers = [t.data_ptr() for t in self.w.tensors()]
         w, dev = self.w, self.device
-        self.merged = [_merged_layer(layer) for layer in w.layers] if merged else None
+        self.merged = [_merged_layer(layer, self.dtype) for layer in w.layers] if merged else None
         cache_shape = (batch, w.kv_heads, self.length, w.head_dim)  # one tensor per layer, written in place
         self.k_cache = [torch.zeros(cache_shape, dtype=self.dtype, device=dev) for _ in w.layers]
         self.v_cache = [torch.zeros(cache_shape, dtype=self.dtype, device=dev) for _ in w.layers]
@@ -322,9 +425,21 @@ class StaticDecoder:
                 break
         return self.out_tokens[:, :max_new], self.out_logprobs[:, :max_new]
 
+    def close(self) -> None:
+        """Free the KV cache, the merged copy and the captured graph now. The decoder holds itself through its
+        (compiled) step function, so without this its GPU memory would wait for Python's cycle collector while
+        a replacement is allocated beside it."""
+        self._graph = None
+        self._forward = None
+        self.merged = None
+        self.k_cache, self.v_cache, self._casts = [], [], []
+
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-merge the adapter into the merged copy (a no-op when the decoder reads the weights live)."""
+        """Re-merge the adapter into the merged copy, refresh copies made for the compute dtype (a no-op when
+        the decoder reads the weights live)."""
+        for copy, source in self._casts:
+            copy.copy_(source)
         for merged in self.merged or ():
             for weight, bias, source in merged.sources:
                 merge_into(weight, bias, source)
