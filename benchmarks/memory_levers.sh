@@ -19,9 +19,10 @@ declare -A LEVERS=(
   [liger_loss]="training.use_liger_kernel=true"
   [no_kl]="training.beta=0"
   [qlora_4bit]="model.load_in_4bit=true generation.engine=hf generation.merged_weights=false"
+  [qlora_4bit_merged]="model.load_in_4bit=true"
   [unsloth_offloaded_gc]="model.backend=unsloth model.gradient_checkpointing=unsloth"
 )
-names=("$@"); [ ${#names[@]} -eq 0 ] && names=(recipe no_checkpointing live_lora_decoder importance_sampling adamw_fused adamw_8bit liger_loss no_kl qlora_4bit unsloth_offloaded_gc)
+names=("$@"); [ ${#names[@]} -eq 0 ] && names=(recipe no_checkpointing live_lora_decoder importance_sampling adamw_fused adamw_8bit liger_loss no_kl qlora_4bit qlora_4bit_merged unsloth_offloaded_gc)
 for name in "${names[@]}"; do
   [ -n "${LEVERS[$name]+x}" ] || { echo "unknown lever $name"; exit 2; }
   # shellcheck disable=SC2086
