@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from grpo_r1.engines.rollout import tokenize_prompts
 from grpo_r1.engines.static_decoder import StaticDecoder
 from grpo_r1.model import load_model
 from grpo_r1.recipe import load_recipe
@@ -30,9 +31,7 @@ def main() -> None:
     recipe = load_recipe(args.recipe, args.overrides)
     loaded = load_model(recipe)
     model, tok = loaded.model.to("cuda"), loaded.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": "What is 12 times 7? " * 8}],
-                                   add_generation_prompt=True, tokenize=False)
-    prompt = tok(text, add_special_tokens=False)["input_ids"]
+    prompt = tokenize_prompts(tok, [[{"role": "user", "content": "What is 12 times 7? " * 8}]])[0]
     for batch in [int(b) for b in args.batches.split(",")]:
         ids = torch.full((batch, args.width), tok.pad_token_id or 0, dtype=torch.long)
         mask = torch.zeros((batch, args.width), dtype=torch.long)

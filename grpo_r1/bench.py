@@ -79,10 +79,10 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
     if steps < 1 or warmup < 0:
         raise RecipeError(f"--steps must be at least 1 and --warmup at least 0; got {steps} and {warmup}")
     recipe = variant_recipe(recipe, variant)
-    if recipe.model.backend == "unsloth":
-        from grpo_r1.model import check_model_can_load
+    from grpo_r1.model import check_model_can_load
 
-        check_model_can_load(recipe)
+    check_model_can_load(recipe)  # before Unsloth's import: its refusal on a CPU is the clearer message
+    if recipe.model.backend == "unsloth":
         import unsloth  # noqa: F401  (must patch transformers and TRL before they are used)
     cuda = torch.cuda.is_available()
     if gpu_mem is not None:
@@ -96,13 +96,12 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
     from grpo_r1.data import load_questions
     from grpo_r1.engines import engine_from_recipe, install_step_timer, make_rollout_func
     from grpo_r1.engines.build import check_engine
-    from grpo_r1.model import check_model_can_load, load_model
+    from grpo_r1.model import load_model
     from grpo_r1.rewards import load_reward_functions
     from grpo_r1.train import grpo_config_kwargs
 
     dataset = load_questions(recipe.data, seed=recipe.run.seed)
     reward_funcs = load_reward_functions(recipe.rewards, dataset.column_names, base_dir=recipe.base_dir)
-    check_model_can_load(recipe)
     check_engine(recipe)
     loaded = load_model(recipe)
     workdir = Path(tempfile.mkdtemp(prefix="grpo_r1_bench_"))

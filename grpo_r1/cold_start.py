@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from grpo_r1.engines.rollout import tokenize_prompts
 from grpo_r1.errors import DataError
 from grpo_r1.recipe import ColdStartConfig
 
@@ -57,8 +58,7 @@ def tokenize_example(tokenizer: Any, prompt: list[dict[str, str]], target: str) 
     if tokenizer.eos_token_id is None:
         raise DataError("cold_start needs a tokenizer with an eos token to end each target; set one on the "
                         "tokenizer (model.tokenizer) or set cold_start.steps=0")
-    prompt_text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    prompt_ids = tokenize_prompts(tokenizer, [prompt])[0]  # as GRPO's rollouts tokenize it
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids
 

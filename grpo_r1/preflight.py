@@ -383,9 +383,10 @@ def _decoder_bytes(recipe: Recipe, model: Any, worst: WorstCase) -> int:
     """What the hf-compiled engine's static decoder keeps between rounds (KV cache, merged weights)."""
     if recipe.generation.engine != "hf-compiled":
         return 0
+    from grpo_r1.engines.hf_compiled import padded_width
     from grpo_r1.engines.static_decoder import decoder_memory_bytes
 
-    length = worst.prompt_tokens + 64 + worst.completion_tokens  # the engine pads prompts to a multiple of 64
+    length = padded_width(worst.prompt_tokens) + worst.completion_tokens
     return decoder_memory_bytes(model, batch=worst.generation_batch, length=length, merged=recipe.generation.merged_weights)
 
 

@@ -44,6 +44,13 @@ from grpo_r1.engines.base import Completion, Engine, SamplingSettings
 from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel
 from grpo_r1.errors import EngineError
 
+PAD_MULTIPLE = 64  # prompts are left-padded to a multiple of this many tokens
+
+
+def padded_width(prompt_tokens: int, pad_multiple: int = PAD_MULTIPLE) -> int:
+    """The width a round's prompts are left-padded to when its longest prompt has `prompt_tokens` tokens."""
+    return -(-prompt_tokens // pad_multiple) * pad_multiple
+
 
 class CompiledHFEngine(Engine):
     """Sample with the trainer's own model: our static-cache CUDA-graph loop, or transformers' compiled generate.
@@ -56,7 +63,7 @@ class CompiledHFEngine(Engine):
 
     name = "hf-compiled"
 
-    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings, *, pad_multiple: int = 64,
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings, *, pad_multiple: int = PAD_MULTIPLE,
                  compile: bool | None = None, decoder: str = "auto", merged: bool = False,
                  prompt_width: int = 0) -> None:
         super().__init__(sampling)
@@ -77,7 +84,7 @@ class CompiledHFEngine(Engine):
         if pad is None:
             raise EngineError("the tokenizer has neither a pad nor an eos token; the hf-compiled engine pads prompts with one")
         self.pad_token_id = int(pad)
-        self._width = _round_up(prompt_width, pad_multiple)  # the prompt width of the last round; see generate
+        self._width = padded_width(prompt_width, pad_multiple)  # the prompt width of the last round; see generate
 
     def sync(self, model: Any, version: int) -> bool:
         """The engine samples from `model` itself: nothing is copied, only the version is noted."""
@@ -95,7 +102,7 @@ class CompiledHFEngine(Engine):
         if not rows:
             return [[] for _ in prompt_ids]
         # The padded width only ever grows: a new width means new shapes and a new compile.
-        self._width = max(self._width, _round_up(max(len(r) for r in rows), self.pad_multiple))
+        self._width = max(self._width, padded_width(max(len(r) for r in rows), self.pad_multiple))
         width = self._width
         max_new = self.sampling.max_tokens_for(max(len(r) for r in rows))  # padding does not count
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -130,7 +137,6 @@ class CompiledHFEngine(Engine):
         self._decoder = None
         if old is not None:
             old.close()  # free the old cache, merged copy and graph before the new ones are made
-        del old
         try:
             decoder = StaticDecoder(
                 self.model, batch=batch, width=width, max_new=self.sampling.max_completion_length,
@@ -230,7 +236,3 @@ class SampledLogprobs(LogitsProcessor):
             pad = torch.full((values.shape[0], new_tokens.shape[1] - values.shape[1]), math.nan, device=values.device)
             values = torch.cat([values, pad], dim=1)
         return values[:, : new_tokens.shape[1]]
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple

@@ -168,7 +168,6 @@ def tokenize_prompts(
     return [list(ids) for ids in tokenizer(text=list(prompts))["input_ids"]]
 
 
-
 def longest_prompt(dataset: Any, tokenizer: Any, batch_size: int = 256) -> tuple[int, int]:
     """(row, token count) of the dataset's longest prompt, tokenized as the trainer does (chat template)."""
     best_row, best_len = 0, -1
@@ -178,6 +177,7 @@ def longest_prompt(dataset: Any, tokenizer: Any, batch_size: int = 256) -> tuple
             if len(ids) > best_len:
                 best_row, best_len = start + offset, len(ids)
     return best_row, best_len
+
 
 def _is_conversation(prompt: Any) -> bool:
     return isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict) and "role" in prompt[0]

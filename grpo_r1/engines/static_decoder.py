@@ -121,6 +121,9 @@ class Layer:
     up: Projection
     down: Projection
 
+    def projections(self) -> tuple[Projection, ...]:
+        return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
+
 
 @dataclass
 class MergedLayer:
@@ -187,7 +190,7 @@ class Weights:
         out = [self.embed, self.norm, *self.lm_head.tensors()]
         for layer in self.layers:
             out += [layer.input_norm, layer.post_norm]
-            for proj in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+            for proj in layer.projections():
                 out += proj.tensors()
         return out
 
@@ -230,24 +233,24 @@ def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool) -
         return 0
     if _is_quantized(w) and not merged:
         return 0  # the engine falls back to transformers' generate
-    dtype = _compute_dtype(w) if _is_quantized(w) else w.embed.dtype
+    dtype = _decode_dtype(w)
     size = torch.empty((), dtype=dtype).element_size()
     cache = 2 * len(w.layers) * batch * w.kv_heads * length * w.head_dim * size
     cache += sum(t.numel() for t in _cast_sources(w, dtype)) * size  # copies in the compute dtype (4-bit models)
     if not merged:
         return cache
-    linear = sum(math.prod(p.shape) for layer in w.layers for p in (layer.q, layer.k, layer.v, layer.o, layer.gate,
-                                                                    layer.up, layer.down))
+    linear = sum(math.prod(p.shape) for layer in w.layers for p in layer.projections())
     return cache + linear * size
 
 
 def _is_quantized(w: Weights) -> bool:
-    return any(p.quant_state is not None for layer in w.layers
-               for p in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down))
+    return any(p.quant_state is not None for layer in w.layers for p in layer.projections())
 
 
-def _compute_dtype(w: Weights) -> torch.dtype:
-    return w.layers[0].q.dtype if w.layers else w.embed.dtype
+def _decode_dtype(w: Weights) -> torch.dtype:
+    """The dtype the decoder computes in: the model's (its embedding's), or a 4-bit model's compute dtype
+    (QLoRA's preparation may have left its embedding and norms in float32)."""
+    return w.layers[0].q.dtype if _is_quantized(w) else w.embed.dtype
 
 
 def _cast_sources(w: Weights, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -267,17 +270,18 @@ def _in_dtype(w: Weights, dtype: torch.dtype) -> tuple[Weights, list[tuple[torch
     bf16 compute dtype of the 4-bit weights; the decoder computes in one dtype, so it reads copies
     (refreshed every round, as a trained embedding would change). A tensor already in `dtype` is
     read in place; a tied embedding and lm_head share one copy."""
-    copies = {t.data_ptr(): torch.empty(t.shape, dtype=dtype, device=t.device) for t in _cast_sources(w, dtype)}
-    if not copies:
+    sources = _cast_sources(w, dtype)
+    if not sources:
         return w, []
-    pairs = [(copies[t.data_ptr()], t) for t in _cast_sources(w, dtype)]
+    copies = {t.data_ptr(): torch.empty(t.shape, dtype=dtype, device=t.device) for t in sources}
 
     def cast(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else copies.get(tensor.data_ptr(), tensor) if tensor.dtype != dtype else tensor
+        return None if tensor is None else copies.get(tensor.data_ptr(), tensor)
 
     layers = [dataclasses.replace(layer, input_norm=cast(layer.input_norm), post_norm=cast(layer.post_norm))
               for layer in w.layers]
     head = dataclasses.replace(w.lm_head, weight=cast(w.lm_head.weight), bias=cast(w.lm_head.bias))
+    pairs = [(copies[t.data_ptr()], t) for t in sources]
     return dataclasses.replace(w, embed=cast(w.embed), layers=layers, norm=cast(w.norm), lm_head=head), pairs
 
 
@@ -356,14 +360,11 @@ class StaticDecoder:
         self._pointers = [t.data_ptr() for t in read.tensors()]
         if read.lm_head.quant_state is not None:
             raise UnsupportedModel("a 4-bit lm_head")
-        quantized = _is_quantized(read)
-        if quantized and not merged:
+        if _is_quantized(read) and not merged:
             raise UnsupportedModel("4-bit base weights with the LoRA read live (generation.merged_weights=true samples "
                                    "from a dequantized, merged copy instead)")
-        # The dtype the decoder computes in: the model's, or a 4-bit model's compute dtype (its norms and
-        # embedding may be float32 after QLoRA's preparation: the decoder then reads copies in that dtype).
         self.device = read.embed.device
-        self.dtype = _compute_dtype(read) if quantized else read.embed.dtype
+        self.dtype = _decode_dtype(read)
         self.w, self._casts = _in_dtype(read, self.dtype)
         self.use_graph = graph and self.device.type == "cuda"
         w, dev = self.w, self.device
