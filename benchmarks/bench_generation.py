@@ -54,7 +54,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grpo_r1.builtin_models import builtin_model_path
+    from grpo_r1.model.builtin import builtin_model_path
 
     path = builtin_model_path("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -97,7 +97,7 @@ def main() -> None:
         from grpo_r1.engines import EngineSettings, build_engine
 
         settings = EngineSettings(max_completion_length=max_tokens, temperature=temperature, max_seq_length=512)
-        engine = build_engine("vllm", settings, model, tokenizer, base_model_dir=path)
+        engine = build_engine(settings, model, tokenizer, base_model_dir=path)
         engine.sync(model, 0)
         from vllm import SamplingParams
 

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from grpo_r1.engines.rollout import tokenize_prompts
 from grpo_r1.engines.static_decoder import StaticDecoder
 from grpo_r1.model import load_model
+from grpo_r1.prompts import tokenize_prompts
 from grpo_r1.recipe import load_recipe
 
 

@@ -36,7 +36,8 @@ def main() -> None:
     table = {stage: [metrics(seed / name) for seed in seeds] for stage, name in stages.items()}
     for stage, rows in table.items():
         for seed, row in zip(seeds, rows):
-            print(f"| {stage} | {seed.name.removeprefix('seed')} | " + " | ".join(f"{row[m]:.3g}" for m in METRICS) + " |")
+            print(f"| {stage} | {seed.name.removeprefix('seed')} | "
+                  + " | ".join(f"{row[m]:.3g}" for m in METRICS) + " |")
     print()
     for stage, rows in table.items():
         for m in ("accuracy", "strict_format_rate"):

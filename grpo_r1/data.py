@@ -20,6 +20,7 @@ from typing import Any
 import datasets
 
 from grpo_r1.errors import DataError
+from grpo_r1.prompts import build_prompt
 from grpo_r1.recipe import DataConfig
 
 GSM8K_HUB_ID = "openai/gsm8k"
@@ -36,17 +37,12 @@ def parse_gold_answer(solution: str) -> str | None:
     return value if _NUMBER.fullmatch(value) else None
 
 
-def build_prompt(question: str, system_prompt: str) -> list[dict[str, str]]:
-    """The chat messages for one question; no system message when `system_prompt` is empty."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": question}]
-
-
 def load_questions(cfg: DataConfig, seed: int, split: str | None = None) -> datasets.Dataset:
     """Load `cfg.source` (split `split`, default `cfg.split`) into the columns described above."""
     split = split or cfg.split
     if cfg.source == "arithmetic":
-        raw = arithmetic_problems(cfg.arithmetic_examples, seed=seed + zlib.crc32(split.encode()), max_ops=cfg.arithmetic_max_ops)
+        raw = arithmetic_problems(cfg.arithmetic_examples, seed=seed + zlib.crc32(split.encode()),
+                                  max_ops=cfg.arithmetic_max_ops)
         question_column, answer_column = "question", "answer"
     else:
         raw = _load_raw(cfg, split)
@@ -88,7 +84,8 @@ def _load_raw(cfg: DataConfig, split: str) -> datasets.Dataset:
     if path.exists():
         return _load_local(path, split)
     if source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
-        raise DataError(f"data.source {source!r} does not exist; give an existing .jsonl/.parquet file or folder, 'gsm8k' or 'arithmetic'")
+        raise DataError(f"data.source {source!r} does not exist; give an existing .jsonl/.parquet file or folder, "
+                        "'gsm8k' or 'arithmetic'")
     hub_id = GSM8K_HUB_ID if source == "gsm8k" else source
     try:
         return datasets.load_dataset(hub_id, cfg.hub_config or None, split=split)
@@ -120,7 +117,8 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
     if len(kinds) != 1 or kinds.pop() not in (".jsonl", ".json", ".parquet"):
         raise DataError(f"data files must be .jsonl, .json or .parquet, got {[f.name for f in files]}")
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
-    if all(f.stat().st_size == 0 for f in files):  # datasets' json reader stops on a 0-byte file with a bare StopIteration
+    # datasets' json reader stops on a 0-byte file with a bare StopIteration
+    if all(f.stat().st_size == 0 for f in files):
         raise DataError(f"dataset {str(path)!r} is empty (0 bytes); point data.source at a file with rows")
     datasets.disable_progress_bars()  # local files load in a blink; keep the terminal for errors
     verbosity = datasets.logging.get_verbosity()
@@ -133,7 +131,8 @@ def _load_local(path: Path, split: str) -> datasets.Dataset:
         while e.__cause__ is not None:  # datasets wraps the reader's own error ("JSON parse error ... in row 3")
             e = e.__cause__
         reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {reason}; fix the file or point data.source at another") from None
+        raise DataError(f"could not read {[str(f) for f in files]} as {builder}: {reason}; "
+                        "fix the file or point data.source at another") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
         datasets.enable_progress_bars()

@@ -49,7 +49,8 @@ def find_adapter_dir(path: str | Path) -> Path:
         if (candidate / ADAPTER_CONFIG).is_file():
             return candidate
     if not path.exists():
-        raise ModelError(f"adapter {str(path)!r} does not exist; pass a run folder (runs/<name>) or its adapter/ folder")
+        raise ModelError(f"adapter {str(path)!r} does not exist; "
+                         "pass a run folder (runs/<name>) or its adapter/ folder")
     raise ModelError(f"{str(path)!r} holds no {ADAPTER_CONFIG} (nor does {str(path / 'adapter')!r}); "
                      f"pass a run folder (runs/<name>) or its adapter/ folder")
 
@@ -89,7 +90,8 @@ def load_for_generation(recipe: Recipe, adapter: str | Path | None = None) -> tu
         except (OSError, ValueError, RuntimeError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ModelError(f"adapter {str(adapter_dir)!r} does not fit model {path!r} ({first[:200]}); "
-                             f"evaluate it with the recipe it was trained with (its run folder's recipe.yaml)") from None
+                             f"evaluate it with the recipe it was trained with "
+                             f"(its run folder's recipe.yaml)") from None
     model.eval()
     return model, tokenizer
 

@@ -2,7 +2,7 @@
 
 Every reward has TRL's signature ``f(prompts, completions, **columns) -> list[float | None]``
 and takes conversational or plain-text completions. A recipe names a built-in by its key
-below; ``grpo_r1.rewards.load_reward_functions`` imports only the modules of the rewards a
+below; ``grpo_r1.scoring.load_reward_functions`` imports only the modules of the rewards a
 recipe selects, so this file stays a plain table (no imports of the reward modules here).
 See ``rewards/README.md`` for what each reward scores and how to write your own.
 """

@@ -19,27 +19,26 @@ Format rewards never return None: a missing tag is exactly what they score, with
 import re
 from typing import Any
 
+from rewards.layout import ANSWER_CLOSE, ANSWER_OPEN, REASONING_CLOSE, REASONING_OPEN, TAGS
 from rewards.parsing import Completion, completion_text, extract_answer
 
 # xml_count: the seed's tags with their newline layout, 0.125 each, minus 0.001 per character of
 # text after </answer>.
-XML_COUNT_TAGS = ("<reasoning>\n", "\n</reasoning>\n", "\n<answer>\n", "\n</answer>")
+XML_COUNT_TAGS = (f"{REASONING_OPEN}\n", f"\n{REASONING_CLOSE}\n", f"\n{ANSWER_OPEN}\n", f"\n{ANSWER_CLOSE}")
 XML_TAG_CREDIT = 0.125
 TRAILING_PENALTY_PER_CHAR = 0.001
-
-# graded_format: the bare tags, in the order they must come.
-TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 
 FORMAT_SCORE = 0.5
 
 # The seed's soft pattern with DOTALL so reasoning and answer may span lines. Leading whitespace
 # is allowed, text after </answer> is not checked (xml_count penalizes it).
-_SOFT_FORMAT = re.compile(r"\s*<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+_SOFT_FORMAT = re.compile(rf"\s*{REASONING_OPEN}.*?{REASONING_CLOSE}\s*{ANSWER_OPEN}.*?{ANSWER_CLOSE}", re.DOTALL)
 
 # The seed's strict layout, DOTALL, matched against the whole completion. The final newline is
 # optional: a model that stops right after </answer> (end-of-sequence token, stripped from the
 # decoded text) leaves none, and the seed's required "\n$" then failed on well-formed output.
-_STRICT_FORMAT = re.compile(r"<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n?", re.DOTALL)
+_STRICT_FORMAT = re.compile(rf"{REASONING_OPEN}\n.*?\n{REASONING_CLOSE}\n{ANSWER_OPEN}\n.*?\n{ANSWER_CLOSE}\n?",
+                            re.DOTALL)
 
 _INTEGER = re.compile(r"[-\u2212]?\d+")
 

@@ -9,12 +9,11 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from rewards.layout import ANSWER_CLOSE, ANSWER_OPEN
+
 # What TRL passes as one completion (and one prompt): plain text, or a list of chat messages.
 Message = dict[str, Any]
 Completion = str | list[Message]
-
-ANSWER_OPEN = "<answer>"
-ANSWER_CLOSE = "</answer>"
 
 # A number as people write it: an optional minus sign, digits optionally grouped in thousands
 # with commas ("1,000"), optional decimals ("72.50"). A "-" right after a digit, letter or closing

@@ -25,14 +25,16 @@ def active_lora(model: Any) -> tuple[str, Any]:
     name = getattr(model, "active_adapter", None)
     if isinstance(name, (list, tuple)):
         if len(name) != 1:
-            raise EngineError(f"the model has {len(name)} active adapters {list(name)}; the vllm engine serves exactly one")
+            raise EngineError(f"the model has {len(name)} active adapters {list(name)}; "
+                              "the vllm engine serves exactly one")
         name = name[0]
     if name not in peft_config:
         raise EngineError(f"the model's active adapter {name!r} is not among its adapters {sorted(peft_config)}")
     config = peft_config[name]
     kind = str(getattr(config, "peft_type", ""))
     if not kind.endswith("LORA"):
-        raise EngineError(f"the model's adapter is {kind or type(config).__name__}, not LoRA; the vllm engine serves LoRA only")
+        raise EngineError(f"the model's adapter is {kind or type(config).__name__}, not LoRA; "
+                          "the vllm engine serves LoRA only")
     if getattr(config, "use_dora", False):
         raise EngineError("vLLM does not serve DoRA adapters; set use_dora=False or generation.engine=hf")
     if getattr(config, "modules_to_save", None):

@@ -4,23 +4,19 @@ An engine has one job: given token-id prompts and the trainer's current LoRA ada
 sample completions and report, for every sampled token, its log-probability under the
 distribution it was sampled from (the model's logits divided by the temperature).
 TRL turns those into the importance-sampling correction and the
-`sampling/sampling_logp_difference/*` metrics; see `grpo_r1.engines.rollout`.
+`sampling/sampling_logp_difference/*` metrics; see `grpo_r1.trainer.rollout`.
 
-Engines never see chat messages or the trainer: `rollout.py` tokenizes and regroups.
+Engines never see chat messages or the trainer: `grpo_r1.trainer.rollout` tokenizes and regroups.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from grpo_r1.errors import EngineError
-
-# The LoRA ranks vLLM 0.32 accepts for `max_lora_rank` (vllm.config.lora.MaxLoRARanks).
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 @dataclass(frozen=True)
@@ -80,7 +76,7 @@ class Completion:
 class Engine(ABC):
     """A generation engine that serves the trainer's LoRA adapter.
 
-    Usage, once per generation round (`rollout.py` does this for TRL):
+    Usage, once per generation round (`grpo_r1.trainer.rollout` does this for TRL):
         engine.sync(peft_model, version=trainer.state.global_step)   # cheap when unchanged
         groups = engine.generate(prompt_ids, counts)                  # counts[i] completions of prompt i
     """
@@ -128,14 +124,6 @@ class Engine(ABC):
         self.close()
 
 
-def vllm_lora_rank(rank: int) -> int:
-    """The smallest `max_lora_rank` vLLM accepts that holds an adapter of rank `rank`."""
-    for allowed in VLLM_LORA_RANKS:
-        if allowed >= rank:
-            return allowed
-    raise EngineError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; lora.r={rank} is larger, lower it")
-
-
 def eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     """Every token that ends a completion: the model's declared eos ids and the tokenizer's (as TRL does)."""
     ids: list[int] = []
@@ -152,59 +140,3 @@ def eos_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
         raise EngineError("neither the model's generation_config nor the tokenizer names an eos token; "
                           "set tokenizer.eos_token so completions can end")
     return tuple(ids)
-
-
-def completions_from_vllm(outputs: Sequence[Any], counts: Sequence[int]) -> list[list[Completion]]:
-    """Turn vLLM `RequestOutput`s (one per prompt, `n=counts[i]` samples, logprobs=0) into Completions."""
-    if len(outputs) != len(counts):
-        raise EngineError(f"vLLM answered {len(outputs)} of {len(counts)} prompts; this is a bug in the engine")
-    groups = []
-    for request, count in zip(outputs, counts, strict=True):
-        samples = list(request.outputs)
-        if len(samples) != count:
-            raise EngineError(f"vLLM returned {len(samples)} completions where {count} were asked for")
-        group = []
-        for sample in samples:
-            token_ids = [int(t) for t in sample.token_ids]
-            if sample.logprobs is None:
-                raise EngineError("vLLM returned no logprobs; the engine must ask for logprobs=0")
-            logprobs = [_sampled_logprob(position, token) for position, token in zip(sample.logprobs, token_ids, strict=True)]
-            group.append(Completion(token_ids, logprobs, getattr(sample, "finish_reason", None)))
-        groups.append(group)
-    return groups
-
-
-def _sampled_logprob(position: dict[int, Any], token: int) -> float:
-    entry = position.get(token)
-    if entry is None:
-        return math.nan  # TRL treats NaN as "no correction" for that token
-    value = float(entry.logprob)
-    return value
-
-
-def vllm_requests(engine: str, has_adapter: bool, sampling: SamplingSettings, params_cls: Any,
-                  prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Check a `generate` call and build vLLM's per-prompt sampling parameters and token inputs.
-
-    `params_cls` is vLLM's SamplingParams (passed in so this module never imports vLLM).
-    Each prompt asks for `count` samples; vLLM returns the sampled token's own logprob and no
-    text (TRL decodes the ids itself).
-    """
-    if not has_adapter:
-        raise EngineError(f"the {engine} engine has no adapter yet: call sync(model, version) before generate")
-    if len(prompt_ids) != len(counts):
-        raise EngineError(f"generate got {len(prompt_ids)} prompts but {len(counts)} counts")
-    params = [
-        params_cls(
-            n=int(count),
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens_for(len(ids)),
-            stop_token_ids=list(sampling.stop_token_ids),
-            logprobs=0,
-            detokenize=False,
-        )
-        for ids, count in zip(prompt_ids, counts, strict=True)
-    ]
-    inputs = [{"prompt_token_ids": [int(t) for t in ids]} for ids in prompt_ids]
-    return params, inputs

@@ -11,7 +11,7 @@ sync) and differs in these ways:
     (model, sampling, stop check), the model part compiled with torch.compile; the host checks
     for the end only every few tokens; a 4-bit (QLoRA) base only with `merged`, sampled from a
     dequantized merged copy. Other models (or a 4-bit base read live) go through transformers'
-    `generate` with a static cache and torch.compile ("reduce-overhead"), said once on stderr;
+    `generate` with a static cache and torch.compile ("reduce-overhead"), said once as a warning;
   * prompts are left-padded to a multiple of `pad_multiple` tokens, and never to less than the
     round before, so the shapes (and the compiled graph) stay the same from step to step
     instead of recompiling for each length (a new, longer width compiles once more). Given
@@ -32,8 +32,8 @@ tests exercise.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,8 +41,10 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from grpo_r1.engines.base import Completion, Engine, SamplingSettings
-from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel
+from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel, decoder_memory_bytes
 from grpo_r1.errors import EngineError
+
+logger = logging.getLogger(__name__)
 
 PAD_MULTIPLE = 64  # prompts are left-padded to a multiple of this many tokens
 
@@ -63,6 +65,13 @@ class CompiledHFEngine(Engine):
 
     name = "hf-compiled"
 
+    @staticmethod
+    def memory_need(model: Any, *, batch: int, prompt_tokens: int, completion_tokens: int, merged: bool) -> int:
+        """GPU bytes the engine keeps between rounds for `batch` sequences of the longest prompt plus
+        `completion_tokens`: the static decoder's KV cache at the padded width, and its merged copy."""
+        length = padded_width(prompt_tokens) + completion_tokens
+        return decoder_memory_bytes(model, batch=batch, length=length, merged=merged)
+
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingSettings, *, pad_multiple: int = PAD_MULTIPLE,
                  compile: bool | None = None, decoder: str = "auto", merged: bool = False,
                  prompt_width: int = 0) -> None:
@@ -82,7 +91,8 @@ class CompiledHFEngine(Engine):
         self.compile = torch.cuda.is_available() if compile is None else compile
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
-            raise EngineError("the tokenizer has neither a pad nor an eos token; the hf-compiled engine pads prompts with one")
+            raise EngineError("the tokenizer has neither a pad nor an eos token; "
+                              "the hf-compiled engine pads prompts with one")
         self.pad_token_id = int(pad)
         self._width = padded_width(prompt_width, pad_multiple)  # the prompt width of the last round; see generate
 
@@ -146,15 +156,17 @@ class CompiledHFEngine(Engine):
             )
         except UnsupportedModel as exc:
             if self.decoder_choice == "static":
-                raise EngineError(f"the static decoder cannot run this model: {exc}; use decoder='auto' or 'generate'") from exc
+                raise EngineError(f"the static decoder cannot run this model: {exc}; "
+                                  "use decoder='auto' or 'generate'") from exc
             self.fallback_reason = str(exc)
-            print(f"grpo_r1: hf-compiled samples through transformers' generate (slower): the static decoder does not "
-                  f"support {exc}", file=sys.stderr)
+            logger.warning("hf-compiled samples through transformers' generate (slower): the static decoder does "
+                           "not support %s", exc)
             return None
         self._decoder = decoder
         return decoder
 
-    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  max_new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """transformers' generate with a static cache (compiled on a GPU): tokens and logprobs."""
         width = input_ids.shape[1]
         device = next(self.model.parameters()).device
@@ -182,12 +194,14 @@ class CompiledHFEngine(Engine):
             do_sample=True,
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
-            top_k=0,  # transformers' default top_k=50 would sample from a different distribution than the trainer scores
+            # transformers' default top_k=50 would sample from a different distribution than the trainer scores
+            top_k=0,
             max_new_tokens=max_new_tokens,
             eos_token_id=stop or None,
             pad_token_id=self.pad_token_id,
             cache_implementation="static",
-            compile_config=CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead") if self.compile else None,
+            compile_config=(CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead") if self.compile
+                            else None),
             disable_compile=not self.compile,
         )
 

@@ -201,7 +201,8 @@ def read_weights(model: Any) -> Weights:
     config = getattr(causal_lm, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModel(f"model type {model_type!r} (the static decoder knows {', '.join(SUPPORTED_MODEL_TYPES)})")
+        raise UnsupportedModel(f"model type {model_type!r} "
+                               f"(the static decoder knows {', '.join(SUPPORTED_MODEL_TYPES)})")
     if getattr(config, "hidden_act", "silu") != "silu":
         raise UnsupportedModel(f"activation {config.hidden_act!r} (the static decoder implements silu)")
     if any(kind != "full_attention" for kind in (getattr(config, "layer_types", None) or [])):
@@ -214,7 +215,8 @@ def read_weights(model: Any) -> Weights:
         attn, mlp = block.self_attn, block.mlp
         layers.append(Layer(
             input_norm=_norm_weight(block.input_layernorm), q=_projection(attn.q_proj), k=_projection(attn.k_proj),
-            v=_projection(attn.v_proj), o=_projection(attn.o_proj), post_norm=_norm_weight(block.post_attention_layernorm),
+            v=_projection(attn.v_proj), o=_projection(attn.o_proj),
+            post_norm=_norm_weight(block.post_attention_layernorm),
             gate=_projection(mlp.gate_proj), up=_projection(mlp.up_proj), down=_projection(mlp.down_proj),
         ))
     return Weights(
@@ -319,7 +321,8 @@ def _projection(module: Any) -> Projection:
     quant_state = getattr(getattr(module, "weight", None), "quant_state", None)
     if type(module).__name__ == "Linear4bit" and quant_state is not None:
         if getattr(quant_state, "packing_format_for_cpu", False):
-            raise UnsupportedModel("a 4-bit weight repacked for bitsandbytes' CPU kernel (an eval-mode forward on a CPU)")
+            raise UnsupportedModel("a 4-bit weight repacked for bitsandbytes' CPU kernel "
+                                   "(an eval-mode forward on a CPU)")
         return Projection(module.weight, module.bias, quant_state=quant_state,
                           compute_dtype=getattr(module, "compute_dtype", None), module=module)
     if not isinstance(module, torch.nn.Linear) or type(module).__name__ != "Linear":
@@ -385,7 +388,8 @@ class StaticDecoder:
         self.out_tokens = torch.zeros((batch, max_new), dtype=torch.long, device=dev)
         self.out_logprobs = torch.zeros((batch, max_new), dtype=torch.float32, device=dev)
         self._columns = torch.arange(self.length, device=dev)
-        self._forward = torch.compile(self._decode_logits, fullgraph=True, dynamic=False) if compile else self._decode_logits
+        self._forward = (torch.compile(self._decode_logits, fullgraph=True, dynamic=False) if compile
+                         else self._decode_logits)
         self._graph: torch.cuda.CUDAGraph | None = None
 
     # -- public -------------------------------------------------------------------------------------------------
@@ -399,7 +403,8 @@ class StaticDecoder:
         return [t.data_ptr() for t in current.tensors()] != self._pointers
 
     @torch.no_grad()
-    def sample(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor,
+               max_new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens and their log-probabilities, (batch, max_new) each; rows are padded after their stop token."""
         if input_ids.shape != (self.batch, self.width) or not 1 <= max_new <= self.max_new:
             raise ValueError(f"this decoder samples {self.batch}x{self.width} prompts up to {self.max_new} tokens, "

@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from grpo_r1.engines.base import Completion, Engine, SamplingSettings, completions_from_vllm, vllm_requests
+from grpo_r1.engines.base import Completion, Engine, SamplingSettings
+from grpo_r1.engines.vllm_io import completions_from_vllm, vllm_requests
 from grpo_r1.errors import EngineError
 
 
@@ -36,7 +37,8 @@ class UnslothEngine(Engine):
 
     name = "unsloth"
 
-    def __init__(self, model: Any, sampling: SamplingSettings, *, sampling_params: Callable[..., Any] | None = None) -> None:
+    def __init__(self, model: Any, sampling: SamplingSettings, *,
+                 sampling_params: Callable[..., Any] | None = None) -> None:
         super().__init__(sampling)
         llm = getattr(model, "vllm_engine", None)
         load_lora = getattr(model, "load_lora", None)
@@ -84,7 +86,8 @@ class UnslothEngine(Engine):
 
     def _sleep_mode(self) -> bool:
         """Whether Unsloth started vLLM with sleep mode (UNSLOTH_VLLM_STANDBY=1)."""
-        model_config = getattr(getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None), "model_config", None)
+        model_config = getattr(getattr(getattr(self.llm, "llm_engine", None), "vllm_config", None),
+                               "model_config", None)
         return bool(getattr(model_config, "enable_sleep_mode", False))
 
     def close(self) -> None:

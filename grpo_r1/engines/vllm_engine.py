@@ -26,14 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from grpo_r1.engines.adapter import active_lora, lora_rank, write_adapter
-from grpo_r1.engines.base import (
-    Completion,
-    Engine,
-    SamplingSettings,
-    completions_from_vllm,
-    vllm_lora_rank,
-    vllm_requests,
-)
+from grpo_r1.engines.base import Completion, Engine, SamplingSettings
+from grpo_r1.engines.vllm_io import completions_from_vllm, vllm_lora_rank, vllm_requests
 from grpo_r1.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +94,8 @@ class VLLMEngine(Engine):
         on_cpu = current_platform.is_cpu()
         base_model_dir = Path(base_model_dir)
         if not (base_model_dir / "config.json").is_file():
-            raise EngineError(f"the vllm engine loads the base model from a Hugging Face folder; {str(base_model_dir)!r} has no config.json")
+            raise EngineError(f"the vllm engine loads the base model from a Hugging Face folder; "
+                              f"{str(base_model_dir)!r} has no config.json")
         if on_cpu:
             check_cpu_head_dim(base_model_dir)
         self.max_lora_rank = vllm_lora_rank(max_lora_rank)
@@ -158,7 +153,8 @@ class VLLMEngine(Engine):
         rank = lora_rank(config)
         if rank > self.max_lora_rank:
             raise EngineError(f"the adapter has rank {rank} but the vllm engine was started with max_lora_rank="
-                              f"{self.max_lora_rank}; raise generation.max_lora_rank to at least {rank}")
+                              f"{self.max_lora_rank} (from lora.r); set lora.r to at least {rank}, or keep the "
+                              f"adapter's per-module ranks (rank_pattern) at most lora.r")
         self._wake()
         lora_id = self._next_lora_id
         folder = write_adapter(model, self._adapter_root / f"v{lora_id}")
@@ -194,7 +190,8 @@ class VLLMEngine(Engine):
         """Per-token logprobs (temperature 1, no top-p) of fixed completions, via vLLM's prompt logprobs."""
         if self._lora is None:
             raise EngineError("the vllm engine has no adapter yet: call sync(model, version) before score")
-        inputs = [{"prompt_token_ids": [int(t) for t in p] + [int(t) for t in c]} for p, c in zip(prompt_ids, completion_ids, strict=True)]
+        inputs = [{"prompt_token_ids": [int(t) for t in p] + [int(t) for t in c]}
+                  for p, c in zip(prompt_ids, completion_ids, strict=True)]
         params = self._sampling_params_cls(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False)
         self._wake()
         try:

@@ -1,0 +1,73 @@
+"""Checks on a recipe's values that span keys and sections, run once when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from grpo_r1.errors import RecipeError
+from grpo_r1.recipe.sections import GUARD_NAMES, Recipe
+
+
+def check_recipe(recipe: Recipe, source: str) -> None:
+    """The checks on values and across sections (`training:` aside); each names the keys to change."""
+    gen, model = recipe.generation, recipe.model
+    if gen.engine == "unsloth" and model.backend != "unsloth":
+        raise RecipeError(f"{source}: generation.engine 'unsloth' needs model.backend 'unsloth' "
+                          "(Unsloth's fast_inference shares the model's weights)")
+    if model.gradient_checkpointing == "unsloth" and model.backend != "unsloth":
+        raise RecipeError(f"{source}: model.gradient_checkpointing 'unsloth' needs model.backend 'unsloth'; "
+                          "use true for the transformers backend")
+    positive = {
+        "generation.num_generations": gen.num_generations,
+        "generation.max_completion_length": gen.max_completion_length,
+        "model.max_seq_length": model.max_seq_length,
+        "lora.r": recipe.lora.r,
+        "data.arithmetic_examples": recipe.data.arithmetic_examples,
+        "data.arithmetic_max_ops": recipe.data.arithmetic_max_ops,
+        "logging.logging_steps": recipe.logging.logging_steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise RecipeError(f"{source}: {key!r} must be at least 1, got {value}")
+    if gen.num_generations < 2:
+        raise RecipeError(f"{source}: 'generation.num_generations' must be at least 2: "
+                          "GRPO compares completions within a group")
+    if not 0.0 < gen.gpu_memory_utilization <= 1.0:
+        raise RecipeError(f"{source}: 'generation.gpu_memory_utilization' is a fraction in (0, 1], "
+                          f"got {gen.gpu_memory_utilization}")
+    if gen.merged_weights and gen.engine != "hf-compiled":
+        raise RecipeError(f"{source}: 'generation.merged_weights' applies to generation.engine 'hf-compiled' only "
+                          f"(the engine is {gen.engine!r}); remove it or switch the engine")
+    if not 0.0 <= recipe.lora.dropout < 1.0:
+        raise RecipeError(f"{source}: 'lora.dropout' is a probability in [0, 1), got {recipe.lora.dropout}")
+    if recipe.logging.completions_every < 0:
+        raise RecipeError(f"{source}: 'logging.completions_every' must be 0 (off) or a number of steps, "
+                          f"got {recipe.logging.completions_every}")
+    guards = recipe.guards
+    for key in GUARD_NAMES:
+        if getattr(guards, key) is False:
+            setattr(guards, key, "off")
+    if guards.patience < 1:
+        raise RecipeError(f"{source}: 'guards.patience' is a number of steps, at least 1, got {guards.patience}")
+    for key in ("equal_rewards_fraction", "truncation_fraction"):
+        if not 0.0 < getattr(guards, key) <= 1.0:
+            raise RecipeError(f"{source}: 'guards.{key}' is a fraction in (0, 1], got {getattr(guards, key)}")
+    if not guards.logprob_gap_max > 0:
+        raise RecipeError(f"{source}: 'guards.logprob_gap_max' is a logprob difference per token, above 0, "
+                          f"got {guards.logprob_gap_max}")
+    if model.init == "random":
+        if not model.architecture or not model.tokenizer:
+            raise RecipeError(f"{source}: model.init 'random' needs model.architecture (e.g. qwen2.5-3b) and "
+                              f"model.tokenizer (a tokenizer folder of that model family)")
+    elif model.architecture:
+        raise RecipeError(f"{source}: model.architecture is only read with model.init: random; "
+                          "remove it or set model.init=random")
+    cold = recipe.cold_start
+    if (cold.steps < 0 or cold.batch_size < 1 or cold.learning_rate <= 0
+            or (cold.examples is not None and cold.examples < 1)):
+        raise RecipeError(f"{source}: 'cold_start' needs steps >= 0 (0: off), batch_size >= 1, learning_rate > 0 and "
+                          f"examples >= 1 or null; got {dataclasses.asdict(cold)}")
+    if recipe.data.limit is not None and recipe.data.limit < 1:
+        raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
+    if not recipe.rewards:
+        raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")

@@ -1,0 +1,183 @@
+"""Guard a reward function: misbehaviour during training stops the run with a RewardError that
+names the reward and the completion, never a silent zero."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from grpo_r1.errors import RewardError
+from rewards.parsing import completion_text, excerpt
+
+RewardFunc = Callable[..., Any]
+
+_GUARDED = "__grpo_r1_guarded__"
+
+
+def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
+    """Wrap a reward so misbehaviour stops the run with a RewardError instead of a silent zero.
+
+    The wrapper has ``__name__`` ``name`` (default: the function's own), so TRL logs it under that
+    name. It raises RewardError, naming the reward, the completion's index and an excerpt of it,
+    when the reward raises, returns something other than one value per completion, or returns a
+    value that is not a number or None, or is NaN or infinite. It returns the values as a list of
+    floats and Nones. Async rewards get an async wrapper.
+    """
+    if getattr(func, _GUARDED, False):
+        if name is None or func.__name__ == name:
+            return func
+        func = func.__wrapped__  # re-guard under the new name, not twice
+    name = name or getattr(func, "__name__", type(func).__name__)
+
+    if _is_async(func):
+
+        async def guarded(*args: Any, **kwargs: Any) -> list[float | None]:
+            completions = _completions_of(name, args, kwargs)
+            try:
+                output = await func(*args, **kwargs)
+            except Exception as exc:
+                raise _raised_error(name, exc, None, completions) from exc
+            return _checked_output(name, output, completions)
+
+    else:
+
+        def guarded(*args: Any, **kwargs: Any) -> list[float | None]:  # type: ignore[misc]
+            completions = _completions_of(name, args, kwargs)
+            try:
+                output = func(*args, **kwargs)
+            except Exception as exc:
+                index = None if args else _failing_index(func, kwargs)
+                raise _raised_error(name, exc, index, completions) from exc
+            return _checked_output(name, output, completions)
+
+    functools.update_wrapper(guarded, func)
+    guarded.__name__ = name
+    guarded.__qualname__ = name
+    setattr(guarded, _GUARDED, True)
+    return guarded
+
+
+def _is_async(func: Any) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    # A callable class instance carries its "async" on the class's __call__.
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
+
+
+def _completions_of(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Sequence[Any]:
+    """The completions a reward was called with: TRL passes them by keyword, people sometimes by position."""
+    completions = kwargs["completions"] if "completions" in kwargs else args[1] if len(args) > 1 else None
+    if not isinstance(completions, Sequence) or isinstance(completions, str):
+        raise RewardError(
+            f"reward {name!r} must be called with completions=<a list, one item per completion>, as GRPOTrainer "
+            f"does; got {type(completions).__name__}"
+        )
+    return completions
+
+
+def _checked_output(name: str, output: Any, completions: Sequence[Any]) -> list[float | None]:
+    count = len(completions)
+    if output is None or isinstance(output, (str, bytes, Mapping)) or not isinstance(output, Iterable):
+        raise RewardError(
+            f"reward {name!r} returned {type(output).__name__} {output!r:.60}; return a list with one value per "
+            "completion: a float, or None to skip that completion"
+        )
+    values = list(output)
+    if len(values) != count:
+        raise RewardError(
+            f"reward {name!r} returned {len(values)} values for {count} completions; return exactly one value per "
+            "completion, in order (a float, or None to skip that completion)"
+        )
+    checked: list[float | None] = []
+    for index, value in enumerate(values):
+        if value is None:
+            checked.append(None)
+            continue
+        number = _as_float(value)
+        where = f"completion {index} of {count} ({_completion_excerpt(completions, index)})"
+        if number is None:
+            raise RewardError(
+                f"reward {name!r} returned {value!r:.60} ({type(value).__name__}) for {where}; return a float, "
+                "or None to skip that completion"
+            )
+        if not math.isfinite(number):
+            raise RewardError(
+                f"reward {name!r} returned {number} for {where}; rewards must be finite numbers (return None "
+                "to skip a completion on purpose)"
+            )
+        checked.append(number)
+    return checked
+
+
+def _as_float(value: Any) -> float | None:
+    """The value as a float when it is a number (int, float, bool, NumPy or 0-d tensor), else None."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _failing_index(func: RewardFunc, kwargs: Mapping[str, Any]) -> int | None:
+    """Find which completion makes ``func`` raise by calling it on one completion at a time."""
+    completions = kwargs.get("completions")
+    if not isinstance(completions, Sequence):
+        return None
+    count = len(completions)
+    if count <= 1:
+        return 0 if count == 1 else None
+    for index in range(count):
+        single = {
+            key: value[index : index + 1] if isinstance(value, list) and len(value) == count else value
+            for key, value in kwargs.items()
+        }
+        for key in ("log_extra", "log_metric"):
+            if key in single:
+                single[key] = ignore
+        try:
+            func(**single)
+        except Exception:
+            return index
+    return None
+
+
+def ignore(*args: Any, **kwargs: Any) -> None:
+    """Stands in for TRL's log_extra / log_metric where nothing is logged."""
+
+
+def _raised_error(name: str, exc: Exception, index: int | None, completions: Sequence[Any]) -> RewardError:
+    if index is not None:
+        where = f" on completion {index} of {len(completions)} ({_completion_excerpt(completions, index)})"
+    else:
+        where = ""
+    return RewardError(
+        f"reward {name!r} raised {describe_error(exc)}{where}; "
+        f"fix the reward (return None for a completion it cannot score)"
+    )
+
+
+def describe_error(exc: BaseException) -> str:
+    """'TypeError: message (at file.py:12 in function)' for the innermost frame of the error."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{text} (at {exc.filename}:{exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:
+        frame = frames[-1]
+        text += f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+    return text
+
+
+def _completion_excerpt(completions: Any, index: int) -> str:
+    try:
+        return excerpt(completion_text(completions[index]))
+    except Exception:
+        return excerpt(repr(completions[index]))

@@ -1,0 +1,51 @@
+"""The one place a GRPOTrainer is built: for training, for the benchmark and for the preflight.
+
+    args = grpo_config(recipe, output_dir, run_name, dtype, cpu=...)
+    trainer, timer = build_trainer(recipe, loaded, dataset, reward_funcs, args, engine=engine)
+
+The trainer samples with `engine` through the rollout adapter (TRL's own generate for None),
+or with an explicit `rollout_func`, and logs timing/* metrics for every step (StepTimer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from trl import GRPOConfig, GRPOTrainer
+
+from grpo_r1.engines import Engine
+from grpo_r1.recipe import Recipe
+from grpo_r1.trainer.rollout import RolloutFunc, make_rollout_func
+from grpo_r1.trainer.timing import StepTimer, install_step_timer
+
+
+def build_trainer(
+    recipe: Recipe,
+    loaded: Any,
+    dataset: Any,
+    reward_funcs: Sequence[Callable[..., Any]],
+    args: GRPOConfig,
+    *,
+    engine: Engine | None = None,
+    rollout_func: RolloutFunc | None = None,
+    callbacks: Sequence[Any] = (),
+) -> tuple[GRPOTrainer, StepTimer]:
+    """A GRPOTrainer of `loaded` (grpo_r1.model.LoadedModel) on `dataset` with the rewards and `args`,
+    and the timer of its steps.
+
+    `engine` samples the completions (generation.importance_sampling decides whether TRL compares
+    its logprobs with the trainer's); `rollout_func` replaces it where given (the preflight's).
+    """
+    if rollout_func is None:
+        rollout_func = make_rollout_func(engine, logprob_check=recipe.generation.importance_sampling)
+    trainer = GRPOTrainer(
+        model=loaded.model,
+        reward_funcs=list(reward_funcs),
+        args=args,
+        train_dataset=dataset,
+        processing_class=loaded.tokenizer,
+        callbacks=list(callbacks) or None,
+        rollout_func=rollout_func,
+    )
+    return trainer, install_step_timer(trainer)

@@ -1,0 +1,164 @@
+"""Every use of TRL 1.14.2's private GRPOTrainer parts, in one file.
+
+grpo_r1 builds on GRPOTrainer's public hooks (rollout_func, callbacks, reward functions) where
+they suffice. Where they do not, it touches the trainer's private attributes, and only here,
+each behind a function that says what it is for. Upgrading TRL means checking this file
+against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
+
+    _generate, _generate_and_score_completions, _calculate_rewards,
+    _get_per_token_logps_and_entropies        the phases of a step (watch_phases)
+    _metrics                                   the per-step metrics TRL averages and logs
+    _logs                                      the latest generation batch's prompts, completions, rewards
+    _step, _buffered_inputs                    GRPO's micro-step and its unused completions (checkpoints)
+    _get_train_sampler                         the sampler that orders the prompts
+    _prepare_inputs, generation_config,
+    generation_kwargs                          one generation round on demand (the preflight)
+    use_vllm, vllm_generation, _last_loaded_step,
+    vllm_importance_sampling_correction        TRL's engine-logprob path, turned on for our engines
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+
+# The step's phases, each a method of GRPOTrainer that runs once (or, for logprobs, a few times)
+# per step: a name of ours -> TRL's method.
+PHASE_METHODS = {
+    "generation": "_generate",  # sampling and decoding, any engine
+    "generation_and_scoring": "_generate_and_score_completions",  # the above, rewards, logprobs, advantages
+    "rewards": "_calculate_rewards",  # every reward function
+    "logprobs": "_get_per_token_logps_and_entropies",  # a forward pass; with grad: the policy's own
+}
+
+_LISTENERS = "_grpo_r1_phase_listeners"
+
+
+class PhaseListener(Protocol):
+    """Told when a phase of the step starts and ends (`grad`: whether autograd records it)."""
+
+    def phase_started(self, phase: str, grad: bool) -> None: ...
+
+    def phase_ended(self, phase: str, grad: bool) -> None: ...
+
+
+def watch_phases(trainer: Any, listener: PhaseListener) -> None:
+    """Call `listener` around each phase method of this trainer (the instance only; TRL's class is untouched).
+
+    The methods are wrapped once per trainer, however many listeners are added.
+    """
+    listeners = getattr(trainer, _LISTENERS, None)
+    if listeners is None:
+        listeners = []
+        setattr(trainer, _LISTENERS, listeners)
+        for phase, name in PHASE_METHODS.items():
+            setattr(trainer, name, _announcing(getattr(trainer, name), phase, listeners))
+    listeners.append(listener)
+
+
+def _announcing(method: Callable[..., Any], phase: str, listeners: list[PhaseListener]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def announced(*args: Any, **kwargs: Any) -> Any:
+        grad = torch.is_grad_enabled()
+        for listener in listeners:
+            listener.phase_started(phase, grad)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for listener in listeners:
+                listener.phase_ended(phase, grad)
+
+    return announced
+
+
+def add_step_metric(trainer: Any, key: str, value: float) -> None:
+    """Add one value to the metrics GRPOTrainer averages over each logging interval and then logs."""
+    trainer._metrics["train"][key].append(value)
+
+
+def latest_batch(trainer: Any) -> dict[str, Any]:
+    """The latest generation batch as GRPOTrainer keeps it for its own completion logging:
+    "prompt", "completion", "rewards" (name -> values), "advantages"."""
+    return trainer._logs
+
+
+def micro_step(trainer: Any) -> int:
+    """GRPO's micro-step counter, which decides when the next generation round happens."""
+    return trainer._step
+
+
+def set_micro_step(trainer: Any, step: int) -> None:
+    trainer._step = step
+
+
+def buffered_inputs(trainer: Any) -> Any:
+    """The generated completions the next micro-steps still train on (None between rounds)."""
+    return trainer._buffered_inputs
+
+
+def set_buffered_inputs(trainer: Any, inputs: Any) -> None:
+    trainer._buffered_inputs = inputs
+
+
+def wrap_train_sampler(trainer: Any, wrap: Callable[[Any], Any]) -> None:
+    """Make the trainer's prompt sampler `wrap(TRL's sampler)`."""
+    make_sampler = trainer._get_train_sampler
+
+    def wrapped_sampler(*args: Any, **kwargs: Any) -> Any:
+        return wrap(make_sampler(*args, **kwargs))
+
+    trainer._get_train_sampler = wrapped_sampler
+
+
+def generate_batch(trainer: Any, rows: list[dict[str, Any]]) -> Any:
+    """One generation round on `rows` (one entry per completion) and its scoring: the batch a step trains on."""
+    return trainer._prepare_inputs(rows)
+
+
+def force_completion_length(trainer: Any, tokens: int) -> None:
+    """Make TRL's own generate write exactly `tokens` new tokens per completion (end tokens suppressed until then)."""
+    trainer.generation_config.min_new_tokens = tokens
+    if isinstance(getattr(trainer, "generation_kwargs", None), dict):
+        trainer.generation_kwargs["min_new_tokens"] = tokens
+
+
+def prepare_for_step(trainer: Any) -> None:
+    """What Trainer.train sets up before its first step and a step outside train() needs:
+    train mode, gradient accumulation count, gradient checkpointing."""
+    args = trainer.args
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps
+    if args.gradient_checkpointing:
+        options = dict(args.gradient_checkpointing_kwargs or {})
+        every_n_layers = options.pop("every_n_layers", 1)
+        offload = options.pop("offload", False)
+        trainer.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options or None,
+                                                    every_n_layers=every_n_layers, offload=offload)
+
+
+def started_trl_vllm(trainer: Any, hook_type: type) -> bool:
+    """Whether TRL started a vLLM of its own (GRPOConfig.use_vllm), not our stand-in `hook_type`."""
+    return (bool(getattr(trainer, "use_vllm", False))
+            and not isinstance(getattr(trainer, "vllm_generation", None), hook_type))
+
+
+def uses_tools(trainer: Any) -> bool:
+    """Whether the trainer runs tool calls or environments (which our engines cannot)."""
+    return bool(getattr(trainer, "tools", None) or getattr(trainer, "environment_factories", None))
+
+
+def wants_importance_sampling(trainer: Any) -> bool:
+    """GRPOConfig.vllm_importance_sampling_correction, as the trainer holds it."""
+    return bool(getattr(trainer, "vllm_importance_sampling_correction", False))
+
+
+def use_engine_logprobs(trainer: Any, sync_hook: Any) -> None:
+    """Turn on TRL's engine-logprob path (importance-sampling correction, sampling/* metrics) for a
+    rollout_func engine: TRL reads the returned logprobs only with use_vllm set, and then calls
+    `vllm_generation.sync_weights()` when global_step changes; `sync_hook` answers that call."""
+    trainer.use_vllm = True
+    trainer.vllm_generation = sync_hook
+    trainer._last_loaded_step = trainer.state.global_step  # the hook syncs right after this

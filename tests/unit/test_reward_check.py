@@ -1,0 +1,32 @@
+"""`python -m grpo_r1.rewards check`: a table of reward x sample from real dataset rows."""
+
+
+from grpo_r1.rewards import main
+from tests.helpers import CPU_RECIPE
+
+
+def test_check_prints_every_reward_over_the_samples(capsys):
+    seed_rewards = "rewards=[xml_count, soft_format, strict_format, int_answer, gsm8k_correctness]"
+    assert main(["check", str(CPU_RECIPE), seed_rewards, "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("reward"))
+    assert header.split() == ["reward", "r0:gold", "r0:wrong", "r0:malformed", "r1:gold", "r1:wrong",
+                              "r1:malformed", "mean", "std", "None"]
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split() and line.split()[0] in
+            ("xml_count", "soft_format", "strict_format", "int_answer", "gsm8k_correctness")}
+    assert len(rows) == 5
+    # The gold solution in XML earns full correctness; the wrong answer and the untagged one earn none.
+    assert rows["gsm8k_correctness"][:3] == ["2.000", "0.000", "0.000"]
+
+
+def test_check_warns_about_a_constant_reward(capsys, tmp_path):
+    (tmp_path / "flat.py").write_text("def flat(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    assert main(["check", str(CPU_RECIPE), f"rewards=[{tmp_path / 'flat.py'}:flat, gsm8k_correctness]"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: flat is 1 on every sample" in out
+
+
+def test_check_reports_bad_recipes_as_one_line(capsys):
+    assert main(["check", str(CPU_RECIPE), "rewards=[no_such_reward]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no_such_reward" in err

@@ -1,0 +1,280 @@
+"""The static decoder (the hf-compiled engine's own sampling loop) against the model it reads.
+
+On a CPU it runs eagerly (no torch.compile, no CUDA graph), the same arithmetic as on a GPU:
+these tests check that it computes what the trainer's forward computes, samples from the
+right distribution, stops, and notices when the weights it reads are replaced.
+"""
+
+import math
+import weakref
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from grpo_r1.engines.base import SamplingSettings
+from grpo_r1.engines.hf_compiled import CompiledHFEngine
+from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel, read_weights
+from grpo_r1.errors import EngineError
+
+VOCAB = 96
+
+
+class _Tokenizer:  # the engine only asks a tokenizer for its pad and eos ids
+    pad_token_id = 0
+    eos_token_id = 1
+
+
+def _tiny_qwen2(seed: int = 0, lora: bool = True):
+    """A small Qwen2 (q/k/v biases, grouped-query attention, tied embeddings) with a LoRA whose B is non-zero."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, rope_theta=10000.0)
+    model = Qwen2ForCausalLM(config).float()
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.05)
+    return model.eval()
+
+
+def _prompts(lengths, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _left_pad(prompts, width):
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
+def _forward_logprobs(model, prompt, completion, temperature):
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1:-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
+
+
+def _decoder(model, batch, width, max_new, **kw):
+    settings = {"temperature": 1.0, "top_p": 1.0, "stop_token_ids": [1], "pad_token_id": 0, "compile": False,
+                "graph": False}
+    settings.update(kw)
+    return StaticDecoder(model, batch=batch, width=width, max_new=max_new, **settings)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["live-lora", "merged-copy"])
+def test_qwen2_with_lora_matches_the_training_forward_token_for_token(merged):
+    model = _tiny_qwen2()
+    prompts = _prompts([5, 11, 16])
+    decoder = _decoder(model, 3, 16, 10, temperature=0.8, stop_token_ids=[], merged=merged)
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad(prompts, 16), 10)
+    assert tokens.shape == logprobs.shape == (3, 10)
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        expected = _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8)
+        assert torch.allclose(row_logprobs, expected, atol=1e-5), (row_logprobs, expected)
+
+
+@pytest.mark.parametrize("merged", [False, True], ids=["live-lora", "merged-copy"])
+def test_an_optimizer_step_on_the_adapter_shows_in_the_next_round(merged):
+    model = _tiny_qwen2()
+    prompts = _prompts([6, 9])
+    decoder = _decoder(model, 2, 16, 4, stop_token_ids=[], merged=merged)
+    ids, mask = _left_pad(prompts, 16)
+    decoder.sample(ids, mask, 4)
+    with torch.no_grad():  # what an optimizer does: update the LoRA tensors in place
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    assert not decoder.stale()
+    torch.manual_seed(3)
+    tokens, logprobs = decoder.sample(ids, mask, 4)
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        assert torch.allclose(row_logprobs, _forward_logprobs(model, prompt, row_tokens.tolist(), 1.0), atol=1e-5)
+
+
+def test_replaced_weights_make_the_engine_build_a_new_decoder():
+    model = _tiny_qwen2()
+    engine = CompiledHFEngine(model, _Tokenizer(), SamplingSettings(max_completion_length=4, max_seq_length=128),
+                              pad_multiple=8)
+    prompt = _prompts([5])[0]
+    engine.generate([prompt], [2])
+    first = engine._decoder
+    assert engine.uses_static_decoder
+    engine.generate([prompt], [2])
+    assert engine._decoder is first  # same shape, same weights: the captured step is reused
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    layer.lora_B["default"].weight = torch.nn.Parameter(torch.randn_like(layer.lora_B["default"].weight))
+    assert first.stale()
+    old_cache = weakref.ref(first.k_cache[0])
+    (completion, _), = engine.generate([prompt], [2])
+    assert engine._decoder is not first
+    assert old_cache() is None  # the old decoder's memory went before the new one's was taken
+    expected = _forward_logprobs(model, prompt, completion.token_ids, 1.0)
+    assert torch.allclose(torch.tensor(completion.logprobs), expected, atol=1e-5)
+
+
+def test_samples_follow_softmax_of_logits_over_temperature():
+    model = _tiny_qwen2(lora=False)
+    prompt = _prompts([4])[0]
+    rows, temperature = 6000, 1.7
+    decoder = _decoder(model, rows, 4, 1, temperature=temperature, stop_token_ids=[])
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad([prompt] * rows, 4), 1)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].float() / temperature, -1)
+    counts = torch.bincount(tokens[:, 0], minlength=VOCAB).float()
+    sigma = (rows * probs * (1 - probs)).sqrt()
+    assert ((counts - rows * probs).abs() <= 5 * sigma + 1).all()
+    assert torch.allclose(logprobs[:, 0], probs.log()[tokens[:, 0]], atol=1e-5)
+
+
+def test_top_p_keeps_to_the_nucleus():
+    model = _tiny_qwen2(lora=False)
+    prompt = _prompts([4])[0]
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].float(), -1)
+    ordered, order = probs.sort(descending=True)
+    nucleus = set(order[: int((ordered.cumsum(0) < 0.3).sum()) + 1].tolist())
+    decoder = _decoder(model, 500, 4, 1, top_p=0.3, stop_token_ids=[])
+    tokens, _ = decoder.sample(*_left_pad([prompt] * 500, 4), 1)
+    assert set(tokens[:, 0].tolist()) <= nucleus
+    assert len(nucleus) == 1 or len(set(tokens[:, 0].tolist())) > 1
+
+
+def test_rows_stop_at_their_stop_token_and_are_padded_after():
+    model = _tiny_qwen2(lora=False)
+    prompt = _prompts([6])[0]
+    with torch.no_grad():
+        likely = int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+    decoder = _decoder(model, 64, 8, 12, stop_token_ids=[likely], pad_token_id=0)
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad([prompt] * 64, 8), 12)
+    stopped = 0
+    for row_tokens, row_logprobs in zip(tokens.tolist(), logprobs.tolist()):
+        if likely in row_tokens:
+            end = row_tokens.index(likely) + 1
+            stopped += 1
+            assert all(t == 0 for t in row_tokens[end:]) and all(math.isnan(x) for x in row_logprobs[end:])
+            assert not any(math.isnan(x) for x in row_logprobs[:end])
+    assert stopped > 0
+
+
+def test_models_it_does_not_know_fall_back_to_generate_or_are_refused_when_asked_for():
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)).eval()
+    with pytest.raises(UnsupportedModel, match="gpt2"):
+        read_weights(gpt2)
+    sampling = SamplingSettings(max_completion_length=3, max_seq_length=64)
+    engine = CompiledHFEngine(gpt2, _Tokenizer(), sampling, pad_multiple=8)
+    (completion,), = engine.generate([_prompts([4])[0]], [1])
+    assert len(completion.token_ids) >= 1 and not engine.uses_static_decoder and "gpt2" in engine.fallback_reason
+    strict = CompiledHFEngine(gpt2, _Tokenizer(), sampling, pad_multiple=8, decoder="static")
+    with pytest.raises(EngineError, match="static decoder cannot run this model: model type 'gpt2'"):
+        strict.generate([_prompts([4])[0]], [1])
+
+
+def test_memory_estimate_counts_the_cache_and_the_merged_copy():
+    from grpo_r1.engines.static_decoder import decoder_memory_bytes
+
+    model = _tiny_qwen2()
+    decoder = _decoder(model, 3, 16, 8, merged=True)
+    cache = sum(t.numel() * t.element_size() for t in (*decoder.k_cache, *decoder.v_cache))
+    merged = sum(t.numel() * t.element_size() for layer in decoder.merged
+                 for t in (layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight))
+    assert decoder_memory_bytes(model, batch=3, length=24, merged=False) == cache
+    assert decoder_memory_bytes(model, batch=3, length=24, merged=True) == cache + merged
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    assert decoder_memory_bytes(gpt2, batch=3, length=24, merged=True) == 0
+
+
+def _tiny_qlora(tmp_path, dtype, compute_dtype=None):
+    """The tiny Qwen2 through QLoRA as grpo_r1.model builds it on a GPU: bitsandbytes nf4 base (double
+    quantization, loaded in `dtype`, computing in `compute_dtype`), PEFT's kbit preparation, a LoRA
+    with a non-zero B."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import BitsAndBytesConfig
+
+    _tiny_qwen2(lora=False).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype or dtype)
+    base = Qwen2ForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu", dtype=dtype)
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    # Left in training mode (dropout is 0), as the trainer runs it: in eval mode, bitsandbytes repacks a
+    # 4-bit weight for its CPU kernel at the first forward (never on a GPU).
+    return model.train()
+
+
+def test_a_4bit_base_is_sampled_through_the_dequantized_merged_copy(tmp_path):
+    model = _tiny_qlora(tmp_path, torch.float32)
+    assert type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    prompts = _prompts([5, 11, 16])
+    decoder = _decoder(model, 3, 16, 10, temperature=0.8, stop_token_ids=[], merged=True)
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad(prompts, 16), 10)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    import bitsandbytes.functional as bnb_functional
+
+    base = bnb_functional.dequantize_4bit(q_proj.base_layer.weight, q_proj.base_layer.weight.quant_state)
+    effective = base + q_proj.scaling["default"] * q_proj.lora_B["default"].weight @ q_proj.lora_A["default"].weight
+    assert torch.allclose(decoder.merged[0].qkv.weight[:64], effective, atol=1e-6)  # the q rows of the fused copy
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        expected = _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8)
+        # bitsandbytes' CPU 4-bit matmul differs from dequantize-then-matmul by about 2e-3 per output
+        assert torch.allclose(row_logprobs, expected, atol=1e-2), (row_logprobs, expected)
+    ids, mask = _left_pad(prompts, 16)
+    with torch.no_grad():  # a training forward: bitsandbytes recasts the q/k/v biases to the input's dtype
+        model(ids.to(torch.long)).logits.float().sum()
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn_like(param) * 0.1)  # and an optimizer step
+    assert not decoder.stale()  # the same decoder serves the next round: no rebuild, no second merged copy
+    torch.manual_seed(1)
+    tokens, logprobs = decoder.sample(ids, mask, 10)
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        assert torch.allclose(row_logprobs, _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8), atol=1e-2)
+    with pytest.raises(UnsupportedModel, match="merged_weights=true"):  # the live path would need 4-bit kernels
+        _decoder(model, 3, 16, 10, merged=False)
+    engine = CompiledHFEngine(model, _Tokenizer(), SamplingSettings(max_completion_length=3, stop_token_ids=()),
+                              pad_multiple=8, merged=False)
+    engine.sync(model, 0)
+    engine.generate(prompts[:1], [2])
+    assert "merged_weights=true" in engine.fallback_reason
+
+
+@pytest.mark.parametrize("loaded_in", [torch.bfloat16, torch.float32], ids=["loaded-bf16", "loaded-fp32"])
+def test_a_4bit_base_with_float32_norms_decodes_in_its_compute_dtype(tmp_path, loaded_in):
+    from grpo_r1.engines.static_decoder import decoder_memory_bytes
+
+    model = _tiny_qlora(tmp_path, loaded_in, compute_dtype=torch.bfloat16)
+    embed = model.get_input_embeddings().weight
+    assert embed.dtype == torch.float32  # what PEFT's kbit preparation leaves beside the bf16 compute dtype
+    prompts = _prompts([5, 11, 16])
+    decoder = _decoder(model, 3, 16, 10, stop_token_ids=[], merged=True)
+    assert decoder.dtype == torch.bfloat16 and decoder.w.embed.dtype == torch.bfloat16
+    assert all(layer.qkv.weight.dtype == torch.bfloat16 for layer in decoder.merged)  # not the dtype it was loaded in
+    torch.manual_seed(0)
+    tokens, logprobs = decoder.sample(*_left_pad(prompts, 16), 10)
+    assert torch.equal(decoder.w.embed, embed.to(torch.bfloat16))  # the copy holds the model's current embedding
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        expected = _forward_logprobs(model, prompt, row_tokens.tolist(), 1.0)
+        assert (row_logprobs - expected).abs().mean() < 0.05, (row_logprobs, expected)  # bf16 against mixed precision
+    # The forwards made bitsandbytes recast the q/k/v biases to float32 (new tensors): the decoder reads
+    # them at each merge, so it is still current (on a GPU a stale decoder was rebuilt every round).
+    assert not decoder.stale()
+    held = sum(t.numel() * t.element_size()
+               for t in (*decoder.k_cache, *decoder.v_cache, *(c for c, _ in decoder._casts)))
+    held += sum(t.numel() * t.element_size() for layer in decoder.merged
+                for t in (layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight))
+    assert decoder_memory_bytes(model, batch=3, length=26, merged=True) == held
+    assert decoder_memory_bytes(model, batch=3, length=26, merged=False) == 0  # falls back to generate
