@@ -94,9 +94,12 @@ def main() -> None:
         rows.append(("hf", *timed(hf, args.reps)))
 
     if "vllm" in args.engines:
-        from grpo_r1.engines import EngineSettings, build_engine
+        from grpo_r1.engines import build_engine, engine_settings
+        from grpo_r1.recipe import recipe_from_dict
 
-        settings = EngineSettings(max_completion_length=max_tokens, temperature=temperature, max_seq_length=512)
+        settings = engine_settings(recipe_from_dict({
+            "generation": {"engine": "vllm", "max_completion_length": max_tokens, "temperature": temperature},
+            "model": {"max_seq_length": 512}}))
         engine = build_engine(settings, model, tokenizer, base_model_dir=path)
         engine.sync(model, 0)
         from vllm import SamplingParams

@@ -28,10 +28,10 @@ class SamplingSettings:
     """
 
     max_completion_length: int
-    temperature: float = 1.0
+    max_seq_length: int  # prompt + completion, the engine's context size
+    temperature: float = 1.0  # plain sampling unless set
     top_p: float = 1.0
     stop_token_ids: tuple[int, ...] = ()
-    max_seq_length: int = 1024  # prompt + completion, the engine's context size
 
     def __post_init__(self) -> None:
         if self.max_completion_length < 1:

@@ -27,17 +27,18 @@ ENGINES = ("hf", "hf-compiled", "vllm", "unsloth")
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """Everything an engine is built from (`engine_settings` fills it from a recipe)."""
+    """Everything an engine is built from; `engine_settings` fills it from a recipe, whose sections hold
+    the defaults (so none are written here)."""
 
-    engine: str = "vllm"  # generation.engine
-    max_completion_length: int = 128  # generation.max_completion_length
-    temperature: float = 1.0  # generation.temperature
-    top_p: float = 1.0  # generation.top_p
-    gpu_memory_utilization: float = 0.5  # generation.gpu_memory_utilization (vllm, unsloth)
-    merged_weights: bool = False  # generation.merged_weights (hf-compiled)
-    max_seq_length: int = 1024  # model.max_seq_length: prompt + completion
-    max_lora_rank: int | None = None  # lora.r (vllm); None: the adapter's own rank
-    seed: int = 0  # run.seed
+    engine: str  # generation.engine
+    max_completion_length: int  # generation.max_completion_length
+    temperature: float  # generation.temperature
+    top_p: float  # generation.top_p
+    gpu_memory_utilization: float  # generation.gpu_memory_utilization (vllm, unsloth)
+    merged_weights: bool  # generation.merged_weights (hf-compiled)
+    max_seq_length: int  # model.max_seq_length: prompt + completion
+    max_lora_rank: int | None  # lora.r (vllm); None: the adapter's own rank
+    seed: int  # run.seed
 
 
 def engine_settings(recipe: Recipe) -> EngineSettings:

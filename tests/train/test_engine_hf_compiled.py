@@ -55,8 +55,8 @@ def test_groups_follow_counts_and_logprobs_match_the_trainers_forward(loaded):
 
 def test_padded_width_only_grows_so_shapes_stay_the_same(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
-    engine = CompiledHFEngine(model, tokenizer, SamplingSettings(max_completion_length=2, stop_token_ids=(2,)),
-                              pad_multiple=16)
+    sampling = SamplingSettings(max_completion_length=2, max_seq_length=1024, stop_token_ids=(2,))
+    engine = CompiledHFEngine(model, tokenizer, sampling, pad_multiple=16)
     engine.sync(model, 0)
     long_prompt = _prompt_ids(tokenizer, "Count the apples: " + "one apple, " * 10)
     engine.generate([long_prompt], [2])
@@ -87,7 +87,8 @@ def test_the_recipe_engine_pads_to_the_datasets_longest_prompt_from_the_first_ro
 
 def test_the_model_is_back_in_training_mode_afterwards(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
-    engine = CompiledHFEngine(model, tokenizer, SamplingSettings(max_completion_length=2, stop_token_ids=(2,)))
+    sampling = SamplingSettings(max_completion_length=2, max_seq_length=1024, stop_token_ids=(2,))
+    engine = CompiledHFEngine(model, tokenizer, sampling)
     engine.sync(model, 0)
     model.train()
     engine.generate([_prompt_ids(tokenizer, "Hi")], [1])

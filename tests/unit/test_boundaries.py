@@ -251,3 +251,11 @@ def test_a_message_naming_a_key_that_does_not_exist_is_found(tmp_path):
 def test_real_keys_pass(tmp_path, text):
     root = _tree(tmp_path, {"grpo_r1/x.py": f"MESSAGE = 'set {text}'\n"})
     assert unknown_keys_named(root, recipe_keys()) == []
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Layout"):]
+    unnamed = [str(path.relative_to(ROOT)) for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+               if path.name != "__init__.py" and path.name not in table]
+    assert unnamed == [], "add these modules to README.md's layout table, with what each holds"

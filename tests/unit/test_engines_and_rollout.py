@@ -3,14 +3,16 @@ Unsloth engine with its vLLM faked, and the step timer (the real vLLM engine: te
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from grpo_r1.engines import Completion, Engine, EngineSettings, SamplingSettings, build_engine
+from grpo_r1.engines import Completion, Engine, SamplingSettings, build_engine, engine_settings
 from grpo_r1.errors import EngineError
+from grpo_r1.recipe import recipe_from_dict
 from grpo_r1.trainer.rollout import group_prompts, make_rollout_func
 from grpo_r1.trainer.timing import StepTimer
 from tests.helpers import chat
@@ -119,7 +121,7 @@ def test_rollout_without_logprob_check_leaves_trainer_alone():
 
 
 def test_hf_engine_means_trl_generation():
-    assert build_engine(EngineSettings(engine="hf"), None, None) is None
+    assert build_engine(engine_settings(recipe_from_dict({})), None, None) is None  # the default engine: hf
     assert make_rollout_func(None) is None
 
 
@@ -138,12 +140,12 @@ def test_rollout_refuses_a_trainer_it_cannot_serve(overrides, message):
 
 def test_build_engine_rejects_unknown_kind():
     with pytest.raises(EngineError, match="one of hf, hf-compiled, vllm, unsloth"):
-        build_engine(EngineSettings(engine="tgi"), None, None)
+        build_engine(dataclasses.replace(engine_settings(recipe_from_dict({})), engine="tgi"), None, None)
 
 
 def test_sampling_settings_name_the_fix():
     with pytest.raises(EngineError, match="temperature"):
-        SamplingSettings(max_completion_length=8, temperature=0.0)
+        SamplingSettings(max_completion_length=8, max_seq_length=64, temperature=0.0)
     with pytest.raises(EngineError, match="raise max_seq_length"):
         SamplingSettings(max_completion_length=64, max_seq_length=64)
     with pytest.raises(EngineError, match="does not fit model.max_seq_length=64"):

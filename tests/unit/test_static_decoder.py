@@ -245,8 +245,8 @@ def test_a_4bit_base_is_sampled_through_the_dequantized_merged_copy(tmp_path):
         assert torch.allclose(row_logprobs, _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8), atol=1e-2)
     with pytest.raises(UnsupportedModel, match="merged_weights=true"):  # the live path would need 4-bit kernels
         _decoder(model, 3, 16, 10, merged=False)
-    engine = CompiledHFEngine(model, _Tokenizer(), SamplingSettings(max_completion_length=3, stop_token_ids=()),
-                              pad_multiple=8, merged=False)
+    sampling = SamplingSettings(max_completion_length=3, max_seq_length=1024, stop_token_ids=())
+    engine = CompiledHFEngine(model, _Tokenizer(), sampling, pad_multiple=8, merged=False)
     engine.sync(model, 0)
     engine.generate(prompts[:1], [2])
     assert "merged_weights=true" in engine.fallback_reason

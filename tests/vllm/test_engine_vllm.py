@@ -14,7 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from grpo_r1.engines import EngineSettings, build_engine
+from grpo_r1.engines import build_engine, engine_settings
+from grpo_r1.recipe import recipe_from_dict
 from grpo_r1.trainer.rollout import make_rollout_func
 from grpo_r1.trainer.timing import StepTimer
 from tests.helpers import chat, lora_model, smollm2_folder, tiny_grpo_trainer
@@ -70,8 +71,9 @@ def vllm_engine(smollm2_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DefaultModelLoader, "load_weights", counted)
         tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-        settings = EngineSettings(max_completion_length=12, temperature=0.9, max_seq_length=256, max_lora_rank=16,
-                                  seed=0)
+        recipe = recipe_from_dict({"generation": {"engine": "vllm", "max_completion_length": 12, "temperature": 0.9},
+                                   "model": {"max_seq_length": 256}, "lora": {"r": 16}, "run": {"seed": 0}})
+        settings = engine_settings(recipe)
         engine = build_engine(settings, lora_model(smollm2_dir), tokenizer, base_model_dir=smollm2_dir)
         engine.vllm_weight_loads = loads  # what vLLM itself loaded, for the tests to read
         engine.tokenizer = tokenizer
