@@ -15,6 +15,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from tqdm import tqdm
+
 from grpo_r1.errors import GrpoR1Error
 from grpo_r1.recipe import Recipe, load_recipe
 from grpo_r1.trainer.grpo_config import check_training
@@ -22,10 +24,11 @@ from grpo_r1.trainer.grpo_config import check_training
 LOGGER_NAME = "grpo_r1"
 
 
-def recipe_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+def recipe_parser(prog: str, doc: str | None,
+                  recipe_help: str = "path of the recipe YAML file") -> argparse.ArgumentParser:
     """An argument parser with the recipe path and its `section.key=value` overrides."""
     parser = argparse.ArgumentParser(prog=prog, description=(doc or "").strip().splitlines()[0] if doc else None)
-    parser.add_argument("recipe", help="path of the recipe YAML file")
+    parser.add_argument("recipe", help=recipe_help)
     parser.add_argument("overrides", nargs="*", help="section.key=value settings that replace the recipe's")
     return parser
 
@@ -38,10 +41,12 @@ def recipe_from_args(args: argparse.Namespace, processes: int = 1) -> Recipe:
     return recipe
 
 
-def run_command(body: Callable[[], int], *, show_error: Callable[[GrpoR1Error], bool] = lambda error: True) -> int:
+def run_command(body: Callable[[], int], *, show_error: Callable[[GrpoR1Error], bool] = lambda error: True,
+                progress: str = "stdout") -> int:
     """Run a command's body with grpo_r1's logging: its exit status, or 2 after printing a GrpoR1Error
-    as one `error: ...` line on stderr (when `show_error` says this process should print it)."""
-    setup_logging()
+    as one `error: ...` line on stderr (when `show_error` says this process should print it).
+    `progress`: where progress lines go, "stdout" or "stderr" (a command whose result is on stdout)."""
+    setup_logging(progress=progress)
     try:
         return body()
     except GrpoR1Error as e:
@@ -50,26 +55,30 @@ def run_command(body: Callable[[], int], *, show_error: Callable[[GrpoR1Error], 
         return 2
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Print the library's log records as `grpo_r1: message`: below WARNING on stdout, the rest on stderr."""
+def setup_logging(level: int = logging.INFO, progress: str = "stdout") -> None:
+    """Print the library's log records as `grpo_r1: message`: progress (below WARNING) on `progress`
+    ("stdout" or "stderr"), warnings and errors on stderr; around an open progress bar, not into it."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(level)
-    if not any(isinstance(handler, _ConsoleHandler) for handler in logger.handlers):
-        logger.addHandler(_ConsoleHandler())
+    for handler in [h for h in logger.handlers if isinstance(h, _ConsoleHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler(progress))
     logger.propagate = False
 
 
 class _ConsoleHandler(logging.Handler):
-    """Writes to the sys.stdout / sys.stderr of the moment it writes (so captured streams see it too)."""
+    """Writes to the sys.stdout / sys.stderr of the moment it writes (so captured streams see it too),
+    through tqdm, which moves a progress bar out of the way of the line."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: str) -> None:
         super().__init__()
+        self.progress = progress
         self.setFormatter(logging.Formatter(f"{LOGGER_NAME}: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        stream = sys.stderr if record.levelno >= logging.WARNING or self.progress == "stderr" else sys.stdout
         try:
-            stream.write(self.format(record) + "\n")
+            tqdm.write(self.format(record), file=stream)
             stream.flush()
         except Exception:  # a closed stream must not end the run
             self.handleError(record)

@@ -19,7 +19,8 @@ from grpo_r1.evaluation import default_output, evaluate
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = recipe_parser("python -m grpo_r1.evaluate", __doc__)
+    parser = recipe_parser("python -m grpo_r1.evaluate", __doc__,
+                           recipe_help="path of the recipe YAML file (a run folder's recipe.yaml works)")
     parser.add_argument("--adapter", help="a run folder or its adapter/ folder; without it the base model is evaluated")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
     parser.add_argument("--limit", type=_positive, help="evaluate the first N questions only")
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"written to {path}")
         return 0
 
-    return run_command(body)
+    return run_command(body, progress="stderr")  # the table and eval.json path on stdout, progress on stderr
 
 
 def _positive(text: str) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -54,7 +54,7 @@ class Launch:
     fsdp_version: int | None = None
     zero_stage: int | None = None
     fsdp_offload: bool = False
-    cpu: bool = True
+    cpu: bool = field(default_factory=lambda: not torch.cuda.is_available())
 
     @property
     def is_distributed(self) -> bool:

@@ -19,25 +19,9 @@ import yaml
 
 from grpo_r1.errors import RecipeError
 from grpo_r1.recipe.checks import check_recipe
-from grpo_r1.recipe.sections import OWNED_ELSEWHERE, SECRETS_FROM_ENV, TRAINING_DEFAULTS, Recipe, RewardSpec
+from grpo_r1.recipe.sections import OWNED_ELSEWHERE, SECRETS_FROM_ENV, Recipe, RewardSpec
 
-# PyYAML follows YAML 1.1, where a float needs a dot: 1e-3 (no dot) would be the string "1e-3".
-# Recipes are read as YAML 1.2 reads them, so every section (training: too, whose types only TRL
-# knows) gets a number.
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-class _RecipeYAML(yaml.SafeLoader):
-    """yaml.SafeLoader that also reads exponent floats without a dot (1e-3) as floats."""
-
-
-_RecipeYAML.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(rf"^(?:{_YAML11_FLOAT.pattern})$"),
-                                  list("-+0123456789."))
-
-
-def read_yaml(text: str) -> Any:
-    """YAML text as recipe data (yaml.safe_load, with 1e-3 a float)."""
-    return yaml.load(text, Loader=_RecipeYAML)  # a SafeLoader: no arbitrary objects
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -50,7 +34,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"recipe file {str(path)!r} does not exist; "
                           "pass the path of a YAML recipe, e.g. recipes/smollm2_gsm8k_cpu.yaml")
     try:
-        data = read_yaml(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise RecipeError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
                           f"save the recipe as UTF-8 YAML") from None
@@ -86,7 +70,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError(f"override {item!r} is not of the form section.key=value (e.g. training.max_steps=5)")
     try:
-        value = read_yaml(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
     parts = key.split(".")
@@ -121,7 +105,7 @@ def _list_index(node: list, part: str, here: str, item: str) -> int:
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate raw recipe data (as read from YAML) into a Recipe, grpo_r1's training defaults filled in."""
     recipe = _build_dataclass(Recipe, data, prefix="", source=source, skip={"base_dir"})
-    recipe.training = {**TRAINING_DEFAULTS, **_owned_training_keys(recipe.training, source)}
+    _check_owned_training_keys(recipe.training, source)
     check_recipe(recipe, source)
     return recipe
 
@@ -205,7 +189,7 @@ def coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     raise RecipeError(f"{source}: {key!r} must be {_expected(hint)}, got {describe(value)}")
 
 
-def _owned_training_keys(training: dict[str, Any], source: str) -> dict[str, Any]:
+def _check_owned_training_keys(training: dict[str, Any], source: str) -> None:
     """Refuse `training:` keys another section owns or that hold a secret. Their names and types
     against TRL's GRPOConfig are checked where the section becomes one (grpo_r1.trainer.grpo_config)."""
     for key in training:
@@ -216,7 +200,6 @@ def _owned_training_keys(training: dict[str, Any], source: str) -> dict[str, Any
             raise RecipeError(f"{source}: 'training.{key}' is a secret and a recipe is saved with the run "
                               f"(recipe.yaml, W&B); remove it and set the {SECRETS_FROM_ENV[key]} environment variable "
                               f"instead")
-    return dict(training)
 
 
 def did_you_mean(key: str, options: list[str], prefix: str) -> str:

@@ -29,7 +29,7 @@ DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 
 @dataclass
 class ModelConfig:
-    """The base model. `name_or_path` is a built-in name (see `grpo_r1.builtin_models`),
+    """The base model. `name_or_path` is a built-in name (see `grpo_r1.model.builtin`),
     a local Hugging Face folder, or a hub id."""
 
     name_or_path: str = "smollm2-135m"
@@ -45,7 +45,7 @@ class ModelConfig:
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None
     trust_remote_code: bool = False
-    # "random": no weights are read; `architecture` (see grpo_r1.architectures) is built at random
+    # "random": no weights are read; `architecture` (see grpo_r1.model.architectures) is built at random
     # init with `tokenizer`, for measuring speed and memory (python -m grpo_r1.bench).
     init: Literal["pretrained", "random"] = "pretrained"
     architecture: str | None = None
@@ -164,7 +164,8 @@ class RunConfig:
     output_dir: str | None = None
     seed: int = 42
     # One training step at the largest shape the recipe allows, before the run folder is made, so
-    # an out-of-memory shows at once (see grpo_r1/preflight.py). "auto": on when a CUDA GPU is used.
+    # an out-of-memory shows at once (see grpo_r1/trainer/preflight.py). "auto": on when one process
+    # trains on a CUDA GPU (not under accelerate launch, not with training.use_cpu).
     preflight: bool | Literal["auto"] = "auto"
 
 
@@ -174,7 +175,7 @@ GuardAction = Literal["warn", "stop", "off", False]
 
 @dataclass
 class GuardsConfig:
-    """Checks on the metrics TRL logs each step (see grpo_r1/guards.py). Each guard warns (a
+    """Checks on the metrics TRL logs each step (see grpo_r1/trainer/guards.py). Each guard warns (a
     line on the console and in guards.jsonl), stops the run (the adapter so far is saved, the
     command exits non-zero) or is off. A guard fires when its condition held for `patience`
     steps in a row; a NaN/inf loss or gradient fires at once (and that update is skipped)."""
@@ -229,7 +230,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 8,
     "max_steps": 100,
     "save_steps": 50,  # a checkpoint (adapter, optimizer, RNG, data position) every 50 steps
-    "save_total_limit": 2,  # keep the newest two complete checkpoints (grpo_r1/checkpoint.py)
+    "save_total_limit": 2,  # keep the newest two complete checkpoints (grpo_r1/run/checkpoints.py)
 }
 
 
@@ -243,14 +244,18 @@ class Recipe:
     rewards: list[RewardSpec] = field(default_factory=_seed_rewards)
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    # GRPOConfig fields; grpo_r1's TRAINING_DEFAULTS are filled in when the recipe is built, so this
-    # holds every value the run uses (grpo_r1.trainer.grpo_config checks it against TRL).
-    training: dict[str, Any] = field(default_factory=lambda: dict(TRAINING_DEFAULTS))
+    # GRPOConfig fields; grpo_r1's TRAINING_DEFAULTS are filled in however the recipe is made
+    # (__post_init__), so this holds every value the run uses (grpo_r1.trainer.grpo_config checks it
+    # against TRL).
+    training: dict[str, Any] = field(default_factory=dict)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # The recipe file's folder: relative reward file paths are looked up there first.
     base_dir: Path | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.training = {**TRAINING_DEFAULTS, **self.training}
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, every default filled in (what `recipe.yaml` in a run folder holds)."""

@@ -13,7 +13,7 @@ names the folder and the fix instead of a traceback from whichever library was w
         ...
         folder.track(run_dir)            # just before the folder is made: what is already there
         run_dir.mkdir(...)
-        trainer.add_callback(folder)     # notes the first completed step
+        GRPOTrainer(..., callbacks=[..., folder])   # notes the first completed step
         ...
     except Exception as exc:
         error = folder.failed(exc)       # cleans up; returns the error to raise (exc itself, or a StorageError)

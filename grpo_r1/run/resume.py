@@ -12,6 +12,7 @@ saved with: only the keys in `HARMLESS_KEYS` (how long it runs, how it logs and 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import shutil
@@ -33,6 +34,7 @@ from grpo_r1.run.checkpoints import (
 from grpo_r1.run.folder import RECIPE_FILE
 from grpo_r1.run.tracking import METRICS_FILE, SUMMARY_FILE
 from grpo_r1.trainer.completions_log import COMPLETIONS_FILE
+from grpo_r1.trainer.grpo_config import check_training
 from grpo_r1.trainer.guards import GUARDS_FILE
 
 AUTO = "auto"
@@ -138,13 +140,17 @@ def saved_recipe(run_dir: Path, checkpoint: Path) -> dict[str, Any]:
 
 def check_same_experiment(saved: dict[str, Any], recipe: Recipe, run_dir: Path) -> None:
     """Raise RecipeError naming every key where `recipe` differs from the run's `saved` recipe,
-    apart from `HARMLESS_KEYS`. `num_processes`: the processes this run trains on (the batch
-    check of the saved recipe counts them)."""
+    apart from `HARMLESS_KEYS`. Both sides are compared as checked recipes (training: against TRL)."""
     try:
-        before = _flatten(recipe_from_dict(saved, source=f"{run_dir}/{RECIPE_FILE}").to_dict())
+        source = f"{run_dir}/{RECIPE_FILE}"
+        saved_recipe = recipe_from_dict(saved, source=source)
+        check_training(saved_recipe, source=source)
+        before = _flatten(saved_recipe.to_dict())
     except RecipeError as e:
         raise RecipeError(f"--resume: the run's saved recipe no longer loads ({e}); start a new run instead") from None
-    after = _flatten(recipe.to_dict())
+    current = copy.deepcopy(recipe)
+    check_training(current)  # its typed values: 1e-3 from the command line is the 0.001 saved
+    after = _flatten(current.to_dict())
     missing = object()
     changed = [key for key in sorted(before.keys() | after.keys())
                if before.get(key, missing) != after.get(key, missing) and not _harmless(key)]

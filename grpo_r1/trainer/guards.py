@@ -41,7 +41,7 @@ import torch
 from transformers import TrainerCallback
 
 from grpo_r1.errors import GrpoR1Error
-from grpo_r1.recipe import GuardsConfig, Recipe
+from grpo_r1.recipe import GuardsConfig
 
 GUARDS_FILE = "guards.jsonl"
 
@@ -257,13 +257,6 @@ class LearningSignalGuards(TrainerCallback):
             f"one trained; use the same precision on both sides (model.dtype), set lora.dropout=0 and "
             f"generation.top_p=1, or use generation.engine=hf"
         )
-
-
-def install_guards(trainer: Any, recipe: Recipe, run_dir: str | Path | None) -> LearningSignalGuards:
-    """Add the recipe's guards to a GRPOTrainer and return them (call `raise_if_stopped` after saving)."""
-    guards = LearningSignalGuards(recipe.guards, run_dir, engine=recipe.generation.engine)
-    trainer.add_callback(guards)
-    return guards
 
 
 def read_guard_events(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ class EngineRollout:
             )
         if self.logprob_check and trl_private.wants_importance_sampling(trainer):
             trl_private.use_engine_logprobs(trainer, _SyncHook(self, trainer))
-            logger.info("%s engine: TRL's importance-sampling correction and sampling/sampling_logp_difference "
+            logger.debug("%s engine: TRL's importance-sampling correction and sampling/sampling_logp_difference "
                         "metrics are on (trainer.use_vllm set after construction)", self.engine.name)
         self._attached_to = trainer
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from grpo_r1.benchmark import PHASES, format_results, variant_recipe
-from grpo_r1.recipe import load_recipe
+from grpo_r1.benchmark import PHASES, SHAPE_KEYS, format_results, variant_recipe
+from grpo_r1.recipe import TRAINING_DEFAULTS, load_recipe
 from tests.helpers import CPU_RECIPE, ROOT
 
 
@@ -13,8 +13,9 @@ def test_variants_keep_the_shape_and_drop_the_tuning():
     assert (trl.model.backend, trl.generation.engine) == ("transformers", "hf")
     assert (trl.lora == recipe.lora and trl.generation.num_generations == 6
             and trl.generation.max_completion_length == 200)
-    assert trl.training == {"per_device_train_batch_size": 6, "gradient_accumulation_steps": 1, "learning_rate": 5e-6,
-                            "beta": 0.04}
+    shape = {"per_device_train_batch_size": 6, "gradient_accumulation_steps": 1, "learning_rate": 5e-6, "beta": 0.04}
+    assert {key: trl.training[key] for key in SHAPE_KEYS if key in trl.training} == shape
+    assert set(trl.training) <= {*SHAPE_KEYS, *TRAINING_DEFAULTS}  # the recipe's optimizer and the rest: TRL's
     unsloth = variant_recipe(recipe, "unsloth")
     assert ((unsloth.model.backend, unsloth.generation.engine, unsloth.model.gradient_checkpointing)
             == ("unsloth", "hf", "unsloth"))

@@ -49,11 +49,15 @@ def test_values_and_defaults_are_typed(tmp_path):
     assert recipe.to_dict()["training"]["beta"] > 0, "the KL penalty is on by default"
 
 
-def test_exponent_floats_are_numbers_in_every_section_as_yaml_1_2_reads_them(tmp_path):
-    recipe = load_recipe(write(tmp_path, "training: {learning_rate: 1e-3}\ncold_start: {learning_rate: 2e-4}\n"),
-                         ["training.weight_decay=1E-2", "logging.run_name=1e3x"])
-    assert recipe.training["learning_rate"] == 1e-3 and recipe.training["weight_decay"] == 0.01  # before TRL's check
-    assert recipe.cold_start.learning_rate == 2e-4 and recipe.logging.run_name == "1e3x"
+def test_training_defaults_are_filled_in_however_a_recipe_is_made():
+    import dataclasses
+
+    from grpo_r1.recipe import TRAINING_DEFAULTS
+
+    made = [recipe_from_dict({"training": {"max_steps": 3}}), Recipe(training={"max_steps": 3}),
+            dataclasses.replace(Recipe(), training={"max_steps": 3})]
+    for recipe in made:
+        assert recipe.training == {**TRAINING_DEFAULTS, "max_steps": 3}
 
 
 def test_overrides_apply_dotted_keys_with_yaml_values(tmp_path):
