@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from grpo_r1.benchmark import VARIANTS, format_results, run_bench
-from grpo_r1.cli import recipe_from_args, recipe_parser, run_command
+from grpo_r1.cli import recipe_parser, run_command
 from grpo_r1.errors import RecipeError
+from grpo_r1.recipe import load_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     def body() -> int:
-        recipe = recipe_from_args(args)
+        recipe = load_recipe(args.recipe, args.overrides)  # run_bench checks training: against TRL
         compare = [v.strip() for v in args.compare.split(",") if v.strip()]
         for variant in compare:
             if variant not in VARIANTS[1:]:

@@ -33,11 +33,12 @@ def recipe_parser(prog: str, doc: str | None,
     return parser
 
 
-def recipe_from_args(args: argparse.Namespace, processes: int = 1) -> Recipe:
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe the parsed `recipe` and `overrides` arguments describe, every section checked, its
-    `training:` against TRL for `processes` training processes (RecipeError when it is wrong)."""
+    `training:` against TRL too (RecipeError when it is wrong), for the commands that neither train
+    nor benchmark (train() and run_bench() check `training:` themselves, for their process count)."""
     recipe = load_recipe(args.recipe, args.overrides)
-    check_training(recipe, processes=processes, source=args.recipe)
+    check_training(recipe)
     return recipe
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from grpo_r1.cli import recipe_from_args, recipe_parser, run_command
+from grpo_r1.cli import recipe_parser, run_command
 from grpo_r1.errors import GrpoR1Error
 from grpo_r1.launch import Launch, launch_from_env, leave
+from grpo_r1.recipe import load_recipe
 from grpo_r1.run.interrupt import EXIT_CODE, TrainingInterrupted
 from grpo_r1.training import train
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal launch
         launch = launch_from_env()  # one of several processes under accelerate launch, or the only one
         try:
-            recipe = recipe_from_args(args, processes=launch.world_size)
+            recipe = load_recipe(args.recipe, args.overrides)  # train() checks training: for this launch
         except GrpoR1Error as e:
             e.on_every_process = True  # every process reads the same file: rank 0 prints the error
             raise

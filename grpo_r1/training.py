@@ -95,7 +95,7 @@ def _train(recipe: Recipe, folder: RunFolder, *, overwrite: bool, resume: str | 
     """`train`'s stages, in order; `folder` learns where the run folder is and when a step is done."""
     if resume is not None and overwrite:
         raise RecipeError("--resume continues a run and --overwrite replaces it; pass only one of them")
-    batch = _alike_everywhere(lambda: check_training(recipe, processes=launch.world_size))  # for callers from Python
+    batch = _alike_everywhere(lambda: check_training(recipe, processes=launch.world_size))
     dataset, reward_funcs = prepare_data(recipe)
     check_machine(recipe)
     launch = start_processes(recipe, launch)

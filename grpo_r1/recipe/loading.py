@@ -104,7 +104,8 @@ def _list_index(node: list, part: str, here: str, item: str) -> int:
 
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate raw recipe data (as read from YAML) into a Recipe, grpo_r1's training defaults filled in."""
-    recipe = _build_dataclass(Recipe, data, prefix="", source=source, skip={"base_dir"})
+    recipe = _build_dataclass(Recipe, data, prefix="", source=source, skip={"base_dir", "source"})
+    recipe.source = source
     _check_owned_training_keys(recipe.training, source)
     check_recipe(recipe, source)
     return recipe

@@ -253,6 +253,8 @@ class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     # The recipe file's folder: relative reward file paths are looked up there first.
     base_dir: Path | None = field(default=None, compare=False, repr=False)
+    # Where it was read from, for messages about it (the file's path; "recipe" when built in Python).
+    source: str = field(default="recipe", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.training = {**TRAINING_DEFAULTS, **self.training}
@@ -261,4 +263,5 @@ class Recipe:
         """The recipe as plain data, every default filled in (what `recipe.yaml` in a run folder holds)."""
         out = dataclasses.asdict(self)
         out.pop("base_dir")
+        out.pop("source")
         return out

@@ -144,7 +144,7 @@ def check_same_experiment(saved: dict[str, Any], recipe: Recipe, run_dir: Path) 
     try:
         source = f"{run_dir}/{RECIPE_FILE}"
         saved_recipe = recipe_from_dict(saved, source=source)
-        check_training(saved_recipe, source=source)
+        check_training(saved_recipe)
         before = _flatten(saved_recipe.to_dict())
     except RecipeError as e:
         raise RecipeError(f"--resume: the run's saved recipe no longer loads ({e}); start a new run instead") from None

@@ -22,10 +22,12 @@ from grpo_r1.recipe import Recipe
 from grpo_r1.recipe.loading import coerce, did_you_mean
 
 
-def check_training(recipe: Recipe, processes: int = 1, source: str = "recipe") -> EffectiveBatch:
+def check_training(recipe: Recipe, processes: int = 1) -> EffectiveBatch:
     """Check `training:` against TRL's GRPOConfig (every key a field, every value of its type) and
     the batch it makes on `processes` processes; the values are replaced by their checked form.
-    Returns the effective batch. Raises RecipeError naming the key and the fix."""
+    Returns the effective batch. Raises RecipeError naming the recipe's file, the key and the fix.
+    Idempotent: train() and run_bench() call it; so do the front doors that call neither."""
+    source = recipe.source
     fields = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
     hints = typing.get_type_hints(GRPOConfig)
     checked = {}
