@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from grpo_r1.errors import EngineError
-from rewards.layout import SYSTEM_PROMPT, r1_text
+from rewards.layout import R1, SYSTEM_PROMPT, Layout
 
 __all__ = ["SYSTEM_PROMPT", "build_prompt", "longest_prompt", "r1_target", "solution_steps", "tokenize_prompts"]
 
@@ -33,9 +33,9 @@ def solution_steps(solution: str) -> str:
     return _CALCULATOR_NOTE.sub("", solution).split("####")[0].strip()
 
 
-def r1_target(solution: str, gold: str) -> str:
+def r1_target(solution: str, gold: str, layout: Layout = R1) -> str:
     """A reference solution in R1 layout: its steps as the reasoning, the gold as the answer."""
-    return r1_text(solution_steps(solution), str(gold).strip())
+    return layout.text(solution_steps(solution), str(gold).strip())
 
 
 def tokenize_prompts(

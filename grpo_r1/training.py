@@ -106,7 +106,7 @@ def _train(recipe: Recipe, folder: RunFolder, *, overwrite: bool, resume: str | 
     open_run_folder(recipe, plan, folder, launch, batch, overwrite=overwrite)
     if recipe.cold_start.steps and plan.resuming is None:  # a checkpoint's adapter already holds it
         run_cold_start(loaded.model, loaded.tokenizer, dataset, recipe.cold_start, recipe.run.seed, plan.run_dir,
-                       write_files=launch.is_main)
+                       write_files=launch.is_main, layout=recipe.layout)
     return run_grpo(recipe, plan, loaded, dataset, reward_funcs, launch, folder)
 
 
@@ -119,7 +119,7 @@ def prepare_data(recipe: Recipe) -> tuple[Any, list[Any]]:
     dataset = load_questions(recipe.data, seed=recipe.run.seed)
     reward_funcs = load_reward_functions(recipe.rewards, dataset.column_names, base_dir=recipe.base_dir)
     check_cold_start_data(recipe.cold_start, dataset.column_names)
-    try_rewards_on_samples(reward_funcs, dataset)
+    try_rewards_on_samples(reward_funcs, dataset, recipe.layout)
     return dataset, reward_funcs
 
 

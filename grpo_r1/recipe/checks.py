@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from grpo_r1.errors import RecipeError
 from grpo_r1.recipe.sections import GUARD_NAMES, Recipe
+from rewards import BUILTIN_REWARDS
+from rewards.layout import layout_from
+
+_PROMPT_TAG = re.compile(r"</?([A-Za-z][\w.-]*)>")
 
 
 def check_recipe(recipe: Recipe, source: str) -> None:
@@ -71,3 +76,29 @@ def check_recipe(recipe: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
     if not recipe.rewards:
         raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
+    check_layout(recipe, source)
+
+
+def check_layout(recipe: Recipe, source: str) -> None:
+    """The built-in rewards' `tags` are valid and agree, and a system prompt that names tags names theirs."""
+    layouts = {}
+    for index, spec in enumerate(recipe.rewards):
+        if spec.name in BUILTIN_REWARDS:
+            try:
+                layouts[index] = layout_from(spec.kwargs.get("tags"))
+            except ValueError as exc:
+                raise RecipeError(f"{source}: rewards[{index}] ({spec.name}): {exc}") from None
+    if len(set(layouts.values())) > 1:
+        described = "; ".join(f"rewards[{i}] ({recipe.rewards[i].name}) {' '.join(layout.tags[::2])}"
+                              for i, layout in layouts.items())
+        raise RecipeError(f"{source}: the built-in rewards score different tags ({described}); give every one the "
+                          "same kwargs: {tags: {...}}, since a completion can follow only one layout")
+    layout = recipe.layout
+    prompt = recipe.data.system_prompt
+    named = set(_PROMPT_TAG.findall(prompt))
+    if named and not {layout.reasoning, layout.answer} <= named:
+        asked = " ".join(f"<{name}>" for name in sorted(named))
+        wanted = layout.system_prompt().replace("\n", "\\n")
+        raise RecipeError(f"{source}: data.system_prompt asks for {asked}, but the rewards score "
+                          f"{layout.reasoning_open} and {layout.answer_open}; make it ask for the rewards' tags, "
+                          f'e.g. data.system_prompt: "{wanted}"')

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rewards import SEED_REWARDS
-from rewards.layout import SYSTEM_PROMPT
+from rewards import BUILTIN_REWARDS, SEED_REWARDS
+from rewards.layout import SYSTEM_PROMPT, Layout, layout_from
 
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -258,6 +258,14 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self.training = {**TRAINING_DEFAULTS, **self.training}
+
+    @property
+    def layout(self) -> Layout:
+        """The answer layout the recipe's built-in rewards score: their `tags` setting, the seed's
+        `<reasoning>`/`<answer>` by default. The cold start writes its targets in it; the recipe
+        check makes the built-ins agree on it and the system prompt ask for it."""
+        tags = [spec.kwargs["tags"] for spec in self.rewards if spec.name in BUILTIN_REWARDS and "tags" in spec.kwargs]
+        return layout_from(tags[0]) if tags else layout_from(None)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain data, every default filled in (what `recipe.yaml` in a run folder holds)."""

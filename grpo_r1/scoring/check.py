@@ -28,7 +28,7 @@ def check_recipe_rewards(recipe: Recipe, rows: int = 2, generate: int = 0) -> st
     labels, prompts, completions = [], [], []
     columns: dict[str, list[Any]] = {name: [] for name in dataset.column_names}
     for index, row in enumerate(picked):
-        samples = list(sample_completions(row).items())
+        samples = list(sample_completions(row, recipe.layout).items())
         samples += [(f"gen{k}", text) for k, text in enumerate(generated[index])]
         for label, text in samples:
             labels.append(f"r{index}:{label}")

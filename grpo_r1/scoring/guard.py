@@ -3,8 +3,11 @@ names the reward and the completion, never a silent zero."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
+import logging
 import math
 import numbers
 import traceback
@@ -18,6 +21,24 @@ RewardFunc = Callable[..., Any]
 
 _GUARDED = "__grpo_r1_guarded__"
 
+logger = logging.getLogger(__name__)
+
+# A reward that skips (None) more than this fraction of a call's completions is warned about, then
+# again at most every NONE_WARNING_EVERY calls while it keeps doing so.
+NONE_WARNING_FRACTION = 0.5
+NONE_WARNING_EVERY = 50
+_WARN_ON_NONE = contextvars.ContextVar("grpo_r1_warn_on_none", default=True)
+
+
+@contextlib.contextmanager
+def none_warnings_off() -> Any:
+    """Within this block guarded rewards do not log the mostly-None warning (the caller reports it)."""
+    token = _WARN_ON_NONE.set(False)
+    try:
+        yield
+    finally:
+        _WARN_ON_NONE.reset(token)
+
 
 def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
     """Wrap a reward so misbehaviour stops the run with a RewardError instead of a silent zero.
@@ -27,12 +48,17 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
     when the reward raises, returns something other than one value per completion, or returns a
     value that is not a number or None, or is NaN or infinite. It returns the values as a list of
     floats and Nones. Async rewards get an async wrapper.
+
+    A reward that returns None ("cannot judge") for most completions of a call is logged as a
+    warning naming the reward, the step and a row it skipped: a correctness reward whose gold
+    column holds no readable answer would otherwise teach nothing, silently.
     """
     if getattr(func, _GUARDED, False):
         if name is None or func.__name__ == name:
             return func
         func = func.__wrapped__  # re-guard under the new name, not twice
     name = name or getattr(func, "__name__", type(func).__name__)
+    watch = _NoneWatch(name)
 
     if _is_async(func):
 
@@ -42,7 +68,7 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
                 output = await func(*args, **kwargs)
             except Exception as exc:
                 raise _raised_error(name, exc, None, completions) from exc
-            return _checked_output(name, output, completions)
+            return watch(_checked_output(name, output, completions), kwargs)
 
     else:
 
@@ -53,13 +79,46 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
             except Exception as exc:
                 index = None if args else _failing_index(func, kwargs)
                 raise _raised_error(name, exc, index, completions) from exc
-            return _checked_output(name, output, completions)
+            return watch(_checked_output(name, output, completions), kwargs)
 
     functools.update_wrapper(guarded, func)
     guarded.__name__ = name
     guarded.__qualname__ = name
     setattr(guarded, _GUARDED, True)
     return guarded
+
+
+class _NoneWatch:
+    """Warns when one reward's calls skip (None) most of their completions."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls_since_warning: int | None = None  # None: never warned
+
+    def __call__(self, values: list[float | None], columns: Mapping[str, Any]) -> list[float | None]:
+        if self.calls_since_warning is not None:
+            self.calls_since_warning += 1
+        skipped = [index for index, value in enumerate(values) if value is None]
+        mostly_skipped = len(values) >= 2 and len(skipped) > NONE_WARNING_FRACTION * len(values)
+        due = self.calls_since_warning is None or self.calls_since_warning >= NONE_WARNING_EVERY
+        if mostly_skipped and due and _WARN_ON_NONE.get():
+            self.calls_since_warning = 0
+            logger.warning("reward %r %s", self.name, none_warning(len(skipped), len(values), columns, skipped[0]))
+        return values
+
+
+def none_warning(skipped: int, count: int, columns: Mapping[str, Any], index: int) -> str:
+    """The warning for a reward that skipped `skipped` of `count` completions, showing row `index`'s gold."""
+    state = columns.get("trainer_state")
+    training = getattr(state, "max_steps", 0) > 0  # a fresh TrainerState (rewards check) has none
+    step = f" at step {state.global_step + 1}" if training else ""
+    answers = columns.get("answer")
+    gold = f"; the 'answer' column of a skipped row holds {excerpt(str(answers[index]), 60)}" if (
+        isinstance(answers, Sequence) and not isinstance(answers, str) and index < len(answers)) else ""
+    return (f"returned None (cannot judge) for {skipped} of {count} completions{step}{gold}; "
+            "they count for nothing. For the built-in correctness rewards the gold must state one answer "
+            "('72', '-3', '1/2', or GSM8K's '... #### 72'): check data.answer_column; for your own reward, "
+            "None is meant for rows it cannot score")
 
 
 def _is_async(func: Any) -> bool:

@@ -94,13 +94,16 @@ def resolve_reward(spec_name: str, kwargs: Mapping[str, Any], base_dir: Path | N
     if ":" not in spec_name:
         if spec_name not in BUILTIN_REWARDS:
             raise RewardError(_unknown_builtin_message(spec_name))
-        if kwargs:
+        unknown = sorted(set(kwargs) - {"tags"})
+        if unknown:
             raise RewardError(
-                f"reward {spec_name!r} is a built-in and takes no kwargs (got {dict(kwargs)}); scale it with "
-                "'weight', or copy it into your own file and name that (see rewards/README.md)"
+                f"reward {spec_name!r} is a built-in, whose one setting is 'tags' (e.g. kwargs: {{tags: {{reasoning: "
+                f"think}}}}), but got {unknown}; scale it with 'weight', or copy it into your own file and name "
+                "that (see rewards/README.md)"
             )
         module_name, attribute = BUILTIN_REWARDS[spec_name].split(":")
-        return _get_attribute(_import_module(module_name, spec_name), attribute, spec_name)
+        factory = _get_attribute(_import_module(module_name, spec_name), attribute, spec_name)
+        return _call_factory(factory, kwargs, spec_name)
     source, attribute = (part.strip() for part in spec_name.rsplit(":", 1))
     if not attribute.isidentifier():
         raise RewardError(

@@ -3,22 +3,26 @@ prose), and the call of every reward on them before training."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from grpo_r1.errors import DataError, RewardError
 from grpo_r1.prompts import solution_steps
-from grpo_r1.scoring.guard import RewardFunc
+from grpo_r1.scoring.guard import NONE_WARNING_FRACTION, RewardFunc
 from grpo_r1.scoring.table import reward_table
-from rewards.layout import r1_text
-from rewards.parsing import gold_number
+from rewards.layout import R1, Layout
+from rewards.parsing import gold_number, gold_text
+
+logger = logging.getLogger(__name__)
 
 
-def sample_completions(row: Mapping[str, Any]) -> dict[str, str]:
+def sample_completions(row: Mapping[str, Any], layout: Layout = R1) -> dict[str, str]:
     """Make three completions for a dataset row, to see what each reward pays for.
 
     Returns ``{"gold": ..., "wrong": ..., "malformed": ...}``: the row's own GSM8K solution in the
-    target layout (``<reasoning>`` the solution without calculator notes, ``<answer>`` the gold),
+    target layout (``layout``'s reasoning block holds the solution without calculator notes, its
+    answer block the gold),
     the same with a wrong answer, and the same reasoning as plain prose ending "The answer is 72."
     with no tags, as a model that ignores the format writes it. Raises DataError when the row has
     no ``solution`` or ``answer``.
@@ -31,15 +35,15 @@ def sample_completions(row: Mapping[str, Any]) -> dict[str, str]:
             "and 'answer'"
         )
     reasoning = solution_steps(str(row["solution"]))
-    answer = str(row["answer"]).strip()
+    answer = gold_text(row["answer"])
     return {
-        "gold": r1_text(reasoning, answer),
-        "wrong": r1_text(reasoning, _wrong_answer(answer)),
+        "gold": layout.text(reasoning, answer),
+        "wrong": layout.text(reasoning, _wrong_answer(answer)),
         "malformed": f"{reasoning}\nThe answer is {answer}.",
     }
 
 
-def try_rewards_on_samples(funcs: Sequence[RewardFunc], dataset: Any) -> None:
+def try_rewards_on_samples(funcs: Sequence[RewardFunc], dataset: Any, layout: Layout = R1) -> None:
     """Call every reward once, as TRL would, on the sample completions of the dataset's first row.
 
     The samples are ``sample_completions``' three (the gold solution in the target layout, a wrong
@@ -51,13 +55,17 @@ def try_rewards_on_samples(funcs: Sequence[RewardFunc], dataset: Any) -> None:
     if len(dataset) == 0 or not {"solution", "answer", "prompt"} <= set(dataset.column_names):
         return
     row = dataset[0]
-    texts = list(sample_completions(row).values())
+    texts = list(sample_completions(row, layout).values())
     columns = {name: [row[name]] * len(texts) for name in dataset.column_names}
     completions = [[{"role": "assistant", "content": text}] for text in texts]
     try:
-        reward_table(funcs, [row["prompt"]] * len(texts), completions, columns)
+        rows = reward_table(funcs, [row["prompt"]] * len(texts), completions, columns)
     except RewardError as exc:
         raise RewardError(f"{exc} (found before training, on sample completions of the data's first row)") from None
+    for table_row in rows:
+        if table_row.none_rate > NONE_WARNING_FRACTION:
+            logger.warning("reward %r %s (sample completions of the data's first row, before training)",
+                           table_row.name, table_row.warning)
 
 
 def _wrong_answer(answer: str) -> str:

@@ -11,7 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from grpo_r1.scoring.guard import RewardFunc, guard_reward, ignore
+from grpo_r1.scoring.guard import (
+    NONE_WARNING_FRACTION,
+    RewardFunc,
+    guard_reward,
+    ignore,
+    none_warning,
+    none_warnings_off,
+)
 from grpo_r1.scoring.signature import NOT_PASSED_COLUMNS
 
 
@@ -25,7 +32,7 @@ class RewardRow:
     mean: float | None  # over the non-None values, as TRL logs rewards/<name>/mean
     std: float | None  # sample standard deviation of the same, as TRL logs rewards/<name>/std
     none_rate: float  # fraction of samples the reward skipped
-    warning: str | None  # set when the reward cannot tell these samples apart
+    warning: str | None  # set when the reward cannot tell these samples apart, or skips most of them
 
 
 def reward_table(
@@ -64,21 +71,23 @@ def reward_table(
     rows = []
     for func in funcs:
         guarded = guard_reward(func)
-        output = guarded(prompts=list(prompts), completions=list(completions), **kwargs)
-        if inspect.isawaitable(output):
-            output = asyncio.run(output)
-        rows.append(_summarize(guarded.__name__, output))
+        with none_warnings_off():  # the row's warning says it
+            output = guarded(prompts=list(prompts), completions=list(completions), **kwargs)
+            if inspect.isawaitable(output):
+                output = asyncio.run(output)
+        rows.append(_summarize(guarded.__name__, output, kwargs))
     return rows
 
 
-def _summarize(name: str, values: list[float | None]) -> RewardRow:
+def _summarize(name: str, values: list[float | None], columns: Mapping[str, Any]) -> RewardRow:
     scored = [value for value in values if value is not None]
     mean = statistics.fmean(scored) if scored else None
     std = statistics.stdev(scored) if len(scored) > 1 else None
     none_rate = (len(values) - len(scored)) / len(values) if values else 0.0
     warning = None
-    if values and not scored:
-        warning = "returned None for every sample: it skipped them all; check the columns it reads"
+    if values and none_rate > NONE_WARNING_FRACTION:
+        first = next(index for index, value in enumerate(values) if value is None)
+        warning = none_warning(len(values) - len(scored), len(values), columns, first)
     elif len(values) > 1 and len(set(scored)) == 1:
         warning = (
             f"is {scored[0]:g} on every sample: it cannot tell these completions apart, and in GRPO a reward that "

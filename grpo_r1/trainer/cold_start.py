@@ -32,6 +32,7 @@ import torch
 from grpo_r1.errors import DataError
 from grpo_r1.prompts import r1_target, tokenize_prompts
 from grpo_r1.recipe import ColdStartConfig
+from rewards.layout import R1, Layout
 
 COLD_START_DIR = "cold_start"
 
@@ -57,7 +58,7 @@ def tokenize_example(tokenizer: Any, prompt: list[dict[str, str]], target: str) 
 
 
 def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfig, seed: int, run_dir: Path,
-                   write_files: bool = True) -> list[dict[str, float]]:
+                   write_files: bool = True, layout: Layout = R1) -> list[dict[str, float]]:
     """Train the model's adapter for `cfg.steps` supervised steps on `dataset`'s solutions.
 
     Args:
@@ -70,6 +71,7 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
             line per step (loss, tokens) to `<run_dir>/cold_start/metrics.jsonl`.
         write_files: False in every process but the first under accelerate launch: each process
             trains its own copy the same way (same rows, same order), one writes the files and logs.
+        layout: the tags the targets are written in (the recipe's `layout`, which its rewards score).
 
     Returns:
         The per-step records that were written.
@@ -81,7 +83,8 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
     rows = [dataset[i] for i in order[: min(wanted, len(order))]]
-    examples = [tokenize_example(tokenizer, row["prompt"], r1_target(row["solution"], row["answer"])) for row in rows]
+    examples = [tokenize_example(tokenizer, row["prompt"], r1_target(row["solution"], row["answer"], layout))
+                for row in rows]
 
     out_dir = Path(run_dir) / COLD_START_DIR
     if write_files:

@@ -209,9 +209,39 @@ def test_duplicate_names_are_refused_before_importing():
         )
 
 
-def test_kwargs_for_a_builtin():
-    with pytest.raises(RewardError, match=r"'strict_format' is a built-in and takes no kwargs.*scale it with 'weight'"):
+def test_kwargs_for_a_builtin_other_than_tags():
+    with pytest.raises(RewardError, match=r"'strict_format' is a built-in, whose one setting is 'tags'.*\['score'\]"
+                                          r".*scale it with 'weight'"):
         load(Spec("strict_format", kwargs={"score": 1.0}))
+
+
+THINK = "<think>\nSo 48 + 24.\n</think>\n<answer>\n72\n</answer>"
+REASONING = "<reasoning>\nSo 48 + 24.\n</reasoning>\n<answer>\n72\n</answer>"
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_REWARDS))
+def test_builtins_score_the_tags_a_recipe_names(name):
+    (default,) = load(name)
+    (think,) = load(Spec(name, kwargs={"tags": {"reasoning": "think", "answer": "answer"}}))
+    assert think.__name__ == default.__name__ == name
+    assert trl_call(think, [THINK]) == trl_call(default, [REASONING])
+    assert trl_call(think, [THINK]) > [0.0]
+    if name not in ("int_answer", "gsm8k_correctness", "lenient_correctness", "math_correctness"):
+        assert trl_call(default, [THINK]) < trl_call(think, [THINK])  # the reasoning tags matter to the format rewards
+
+
+@pytest.mark.parametrize(
+    "tags, message",
+    [
+        ({"reasoning": "<think>"}, r"tag name '<think>' for the reasoning is not a tag name.*no '<' or '>'"),
+        ({"think": "think"}, r"unknown keys \['think'\]; it takes 'reasoning' and 'answer'"),
+        ({"reasoning": "answer"}, r"both 'answer'; give them different names"),
+        ("think", r"tags must be a mapping"),
+    ],
+)
+def test_bad_tags_are_refused_with_the_fix(tags, message):
+    with pytest.raises(RewardError, match=r"reward 'xml_count': factory called with .*" + message):
+        load(Spec("xml_count", kwargs={"tags": tags}))
 
 
 def test_kwargs_for_a_reward_that_is_not_a_factory(reward_file, tmp_path):

@@ -1,5 +1,6 @@
 """The built-in rewards on real-looking completions, the seed's failure cases, and properties."""
 
+import importlib
 import re
 import subprocess
 import sys
@@ -232,9 +233,11 @@ def test_gsm8k_correctness_needs_an_answer_block():
     assert one(gsm8k_correctness, "<answer>5</answer> no wait <answer>72</answer>") == 2.0
 
 
-def test_gsm8k_correctness_equation_in_answer_is_ambiguous():
-    assert one(gsm8k_correctness, block("48 + 24 = 72")) == 0.0
-    assert one(lenient_correctness, block("48 + 24 = 72")) == 2.0
+def test_an_equation_in_the_answer_commits_to_its_result():
+    for name in CORRECTNESS_REWARDS:
+        assert one(ALL_REWARDS[name], block("48 + 24 = 72")) == 2.0, name
+        assert one(ALL_REWARDS[name], block("48 + 24 = 73")) == 0.0, name
+        assert one(ALL_REWARDS[name], block("72 = 48 + 24")) == 2.0, name
 
 
 def test_lenient_correctness_pays_half_without_tags():
@@ -288,8 +291,9 @@ def test_registry_lists_every_builtin_and_the_seed():
     assert set(BUILTIN_REWARDS) == set(ALL_REWARDS)
     assert SEED_REWARDS == ("xml_count", "soft_format", "strict_format", "int_answer", "gsm8k_correctness")
     for name, target in BUILTIN_REWARDS.items():
-        module, function = target.split(":")
-        assert ALL_REWARDS[name].__module__ == module and ALL_REWARDS[name].__name__ == function
+        module, factory = target.split(":")
+        assert ALL_REWARDS[name].__module__ == module and ALL_REWARDS[name].__name__ == name
+        assert getattr(importlib.import_module(module), factory)().__name__ == name
 
 
 def test_seed_rewards_pay_their_published_maximum_on_the_gold_layout():

@@ -83,7 +83,8 @@ def test_constant_and_skipping_rewards_are_flagged():
         {},
         trainer_state=STATE,
     )
-    assert skip[0].none_rate == 1.0 and skip[0].mean is None and "None for every sample" in skip[0].warning
+    assert skip[0].none_rate == 1.0 and skip[0].mean is None
+    assert "returned None (cannot judge) for 2 of 2 completions" in skip[0].warning
 
 
 def test_format_reward_table():
