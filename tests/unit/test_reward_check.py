@@ -30,3 +30,16 @@ def test_check_reports_bad_recipes_as_one_line(capsys):
     assert main(["check", str(CPU_RECIPE), "rewards=[no_such_reward]"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no_such_reward" in err
+
+
+def test_check_shows_none_rates_and_warns_when_a_reward_skips_most_rows(capsys, tmp_path):
+    (tmp_path / "picky.py").write_text(
+        "def picky(prompts, completions, **kw):\n"
+        "    return [1.0] + [None] * (len(completions) - 1)\n"
+    )
+    assert main(["check", str(CPU_RECIPE), f"rewards=[{tmp_path / 'picky.py'}:picky, gsm8k_correctness]"]) == 0
+    captured = capsys.readouterr()
+    rows = {line.split()[0]: line.split() for line in captured.out.splitlines() if line.split()}
+    assert rows["picky"][-1] == "83%" and rows["gsm8k_correctness"][-1] == "0%"
+    assert "warning: picky returned None (cannot judge) for 5 of 6 completions" in captured.out
+    assert "picky" not in captured.err  # said once, in the table
