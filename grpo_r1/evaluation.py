@@ -3,7 +3,7 @@
 
 Metrics, each over the evaluated questions:
 
-    accuracy              greedy pass@1: the answer block holds exactly the gold number, as the
+    accuracy              greedy pass@1: the answer block commits to the gold value, as the
                           `gsm8k_correctness` reward judges it
     lenient accuracy      greedy: the last number anywhere in the completion equals the gold
                           (small models often answer right without the tags)
@@ -42,7 +42,7 @@ from grpo_r1.recipe import Recipe
 from grpo_r1.sampling import adapter_base_model, find_adapter_dir, generate, load_for_generation
 from rewards.correctness import gsm8k_correctness
 from rewards.format import soft_format, strict_format
-from rewards.parsing import extract_answer, gold_number, last_number, single_number
+from rewards.parsing import answer_value, committed_answer, extract_answer, gold_number, last_number
 
 EVAL_FILE = "eval.json"
 
@@ -63,9 +63,9 @@ LABELS = {
 
 
 def strict_answer(text: str) -> Fraction | None:
-    """The answer as `gsm8k_correctness` reads it: the only number in the last answer block, else None."""
+    """The answer as `gsm8k_correctness` reads it: the value the last answer block commits to, else None."""
     block = extract_answer(text)
-    return single_number(block) if block is not None else None
+    return answer_value(committed_answer(block)) if block is not None else None
 
 
 def lenient_answer(text: str) -> Fraction | None:

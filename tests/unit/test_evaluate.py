@@ -34,7 +34,8 @@ def test_score_completions_by_hand():
 
 @pytest.mark.parametrize("block, gold, correct", [
     ("72", "72", True), ("72.0", "72", True), ("$1,000", "1000", True), ("72 apples.", "72", True),
-    ("-3", "-3", True), ("3 + 69 = 72", "72", False), ("seventy-two", "72", False), ("71", "72", False),
+    ("-3", "-3", True), ("3 + 69 = 72", "72", True), ("seventy-two", "72", False), ("71", "72", False),
+        ("The answer to 17 - 15 is 3", "2", False),
 ])
 def test_accuracy_reads_the_answer_as_gsm8k_correctness_does(block, gold, correct):
     metrics = score_completions([f"<answer>{block}</answer>"], [gold])
