@@ -37,6 +37,12 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     if gen.num_generations < 2:
         raise RecipeError(f"{source}: 'generation.num_generations' must be at least 2: "
                           "GRPO compares completions within a group")
+    if not gen.temperature > 0:
+        raise RecipeError(f"{source}: 'generation.temperature' must be above 0, got {gen.temperature}: GRPO samples "
+                          "several different completions per question and compares them (0 would make them all "
+                          "the same greedy one); use e.g. 0.7 or 1.0")
+    if not 0.0 < gen.top_p <= 1.0:
+        raise RecipeError(f"{source}: 'generation.top_p' is a fraction in (0, 1], got {gen.top_p}")
     if not 0.0 < gen.gpu_memory_utilization <= 1.0:
         raise RecipeError(f"{source}: 'generation.gpu_memory_utilization' is a fraction in (0, 1], "
                           f"got {gen.gpu_memory_utilization}")

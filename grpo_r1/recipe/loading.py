@@ -78,7 +78,12 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     for depth, part in enumerate(parts[:-1]):
         here = ".".join(parts[: depth + 1])
         if isinstance(node, list):
-            node = node[_list_index(node, part, here, item)]
+            index = _list_index(node, part, here, item)
+            if isinstance(node[index], str) and parts[0] == "rewards" and depth == 1:
+                node[index] = {"name": node[index]}  # a reward named alone is {name: ...}
+            node = node[index]
+            if not isinstance(node, (dict, list)):
+                raise RecipeError(f"override {item!r}: {here!r} is a single value, not a section")
             continue
         if node.get(part) is None:
             if parts[depth + 1].isdigit():

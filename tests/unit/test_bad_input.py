@@ -141,6 +141,14 @@ CASES = [
          files={"my_rewards.py": MY_REWARDS}),
     Case("reward-nan", ["rewards=[{tmp}/my_rewards.py:nan_reward]"], ["'nan_reward'", "nan", "finite"],
          files={"my_rewards.py": MY_REWARDS}),
+    Case("reward-tags-not-in-system-prompt", ["rewards=[{name: strict_format, kwargs: {tags: {reasoning: think}}}]"],
+         ["data.system_prompt asks for", "<think>", "Respond in the following format"]),
+    Case("reward-tag-name-with-brackets", ["rewards=[{name: xml_count, kwargs: {tags: {reasoning: <think>}}}]"],
+         ["rewards[0] (xml_count)", "'<think>'", "no '<' or '>'"]),
+    Case("reward-builtin-unknown-setting", ["rewards=[{name: xml_count, kwargs: {scale: 2}}]"],
+         ["'xml_count' is a built-in", "'tags'", "'weight'"]),
+    # --- sampling
+    Case("temperature-zero", ["generation.temperature=0"], ["'generation.temperature' must be above 0", "0.7"]),
     # --- sizes that do not fit together
     Case("num-generations-not-dividing-batch", ["generation.num_generations=3"],
          ["generation.num_generations (3)", "training.per_device_train_batch_size", "multiple of 3", "one of 2"]),

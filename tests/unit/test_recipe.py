@@ -82,6 +82,8 @@ def test_overrides_apply_dotted_keys_with_yaml_values(tmp_path):
     ("training: {num_generations: 4}", "set by 'generation.num_generations'"),
     ("generation: {num_generations: 3}", "must divide"),
     ("generation: {num_generations: 1}", "at least 2"),
+    ("generation: {temperature: 0}", "'generation.temperature' must be above 0"),
+    ("generation: {top_p: 1.5}", "'generation.top_p' is a fraction in (0, 1]"),
     ("rewards: []", "'rewards' is empty"),
     ("rewards: [{weight: 1}]", "needs the key 'rewards[0].name'"),
     ("model: {backend: transformers}\ngeneration: {engine: unsloth}", "needs model.backend 'unsloth'"),
@@ -106,6 +108,15 @@ def test_bad_overrides_are_errors(tmp_path, override, expected):
     with pytest.raises(RecipeError) as info:
         load_checked(write(tmp_path, ""), [override])
     assert expected in str(info.value)
+
+
+def test_overrides_reach_into_rewards_named_alone(tmp_path):
+    path = write(tmp_path, "rewards: [graded_format, lenient_correctness]\n")
+    recipe = load_recipe(path, ["rewards.0.weight=2", "rewards.1.name=gsm8k_correctness",
+                                "rewards.0.kwargs.tags.answer=final", "rewards.1.kwargs.tags.answer=final",
+                                "data.system_prompt=''"])
+    assert [(spec.name, spec.weight) for spec in recipe.rewards] == [("graded_format", 2.0), ("gsm8k_correctness", 1.0)]
+    assert recipe.layout.answer == "final"
 
 
 def test_override_index_past_the_list_is_an_error(tmp_path):
