@@ -39,12 +39,11 @@ from typing import Any
 from grpo_r1.data import load_questions
 from grpo_r1.model import resolve_model_path
 from grpo_r1.recipe import Recipe
+from grpo_r1.run.folder import EVAL_FILE
 from grpo_r1.sampling import adapter_base_model, find_adapter_dir, generate, load_for_generation
 from rewards.correctness import gsm8k_correctness
 from rewards.format import soft_format, strict_format
 from rewards.parsing import answer_value, committed_answer, extract_answer, gold_number, last_number
-
-EVAL_FILE = "eval.json"
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ class EvalReport:
         """The metrics as a plain-text table, one column per model."""
         names = list(self.metrics)
         keys = [k for k in LABELS if any(k in m for m in self.metrics.values())]
-        keys += [k for m in self.metrics.values() for k in m if k not in LABELS and k not in keys]
+        keys += dict.fromkeys(k for m in self.metrics.values() for k in m if k not in LABELS)  # each once
         rows = [["metric", *names]]
         for key in keys:
             label = LABELS.get(key, key.replace("_", " "))

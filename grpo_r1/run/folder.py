@@ -32,6 +32,7 @@ from grpo_r1.errors import RecipeError, StorageError
 from grpo_r1.run.checkpoints import complete_checkpoints
 
 RECIPE_FILE = "recipe.yaml"  # the recipe as run: every default and override filled in
+EVAL_FILE = "eval.json"  # what python -m grpo_r1.evaluate --adapter RUN_DIR writes (grpo_r1.evaluation)
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # How a full disk reads where the writer does not raise OSError: safetensors (Rust's io::Error), C libraries.

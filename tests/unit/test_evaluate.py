@@ -86,6 +86,7 @@ def test_report_table_puts_models_side_by_side():
     assert lines[1].split()[-2:] == ["0.250", "0.750"] and lines[1].startswith("accuracy (greedy pass@1)")
     assert lines[3].split()[-2:] == ["31.2", "20.0"]
     assert lines[4].split() == ["maj@4", "0.500", "1.000"]
+    assert len(lines) == 5, "each metric once, however many models share it"
 
 
 def _fake_adapter(folder: Path) -> Path:

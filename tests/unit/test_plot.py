@@ -85,3 +85,43 @@ def test_a_folder_without_metrics_is_one_line_error(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text("")
     with pytest.raises(GrpoR1Error, match="no training metrics yet"):
         plot_run(tmp_path)
+
+
+def test_reward_curves_carry_a_rolling_mean_with_its_window():
+    records = [_record(step) for step in range(1, 25)]
+    ax = build_figures(records)["rewards"].axes[0]
+    per_step, smoothed = ax.get_lines()
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["per step", "mean of 3 steps"]
+    assert list(smoothed.get_ydata())[:3] == pytest.approx([0.2, 0.3, 0.4])  # means of 0.2, 0.4, 0.6 so far
+    assert list(smoothed.get_ydata())[-1] == pytest.approx((0.2 * 22 + 0.2 * 23 + 0.2 * 24) / 3)
+
+
+def test_a_std_band_stops_at_zero_for_a_reward_that_never_went_below():
+    records = [{**_record(step), "reward": 0.05, "reward_std": 0.5} for step in range(1, 4)]
+    band = build_figures(records)["rewards"].axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.0)
+    signed = [{**_record(step), "reward": -0.05 * step, "reward_std": 0.5} for step in range(1, 4)]
+    band = build_figures(signed)["rewards"].axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(-0.15 - 0.5)  # a reward that can go negative keeps its band
+
+
+def test_the_step_time_split_is_drawn_when_timed():
+    timed = [{**_record(step), "timing/generation_s": 10.0, "timing/scoring_s": 1.5, "timing/training_s": 4.0,
+              "timing/step_s": 15.5} for step in range(1, 4)]
+    figure = build_figures(timed)["training"]
+    ax = figure.axes[_titles(figure).index("step time split")]
+    assert [text.get_text() for text in ax.get_legend().get_texts()] == ["generation", "scoring", "training"]
+    assert "step time split" not in _titles(build_figures([_record(1)])["training"])
+
+
+def test_an_evaluation_in_the_run_folder_adds_held_out_accuracy(tmp_path):
+    run = _run_dir(tmp_path, [_record(step) for step in range(1, 4)])
+    evaluation = {"settings": {"questions": 100, "split": "test"},
+                  "metrics": {"base": {"accuracy": 0.0, "lenient_accuracy": 0.11},
+                              "adapter": {"accuracy": 0.68, "lenient_accuracy": 0.7}}}
+    (run / "eval.json").write_text(json.dumps(evaluation))
+    plot_run(run)
+    figure = build_figures([_record(step) for step in range(1, 4)], evaluation)["rewards"]
+    ax = figure.axes[-1]
+    assert ax.get_title() == "held-out: 100 questions (test)"
+    assert [round(bar.get_height(), 2) for bar in ax.patches] == [0.0, 0.11, 0.68, 0.7]
