@@ -32,3 +32,7 @@ class EngineError(GrpoR1Error):
 
 class StorageError(GrpoR1Error):
     """The run folder cannot be written: the disk is full (or over quota)."""
+
+
+class ExportError(GrpoR1Error):
+    """The run folder, the output folder or the hub push cannot be used as asked (python -m grpo_r1.export)."""
