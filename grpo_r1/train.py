@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,7 +18,10 @@ from grpo_r1.cli import recipe_parser, run_command
 from grpo_r1.errors import GrpoR1Error
 from grpo_r1.launch import Launch, launch_from_env, leave
 from grpo_r1.recipe import load_recipe
+from grpo_r1.run.folder import RECIPE_FILE
 from grpo_r1.run.interrupt import EXIT_CODE, TrainingInterrupted
+from grpo_r1.run.tracking import read_metrics
+from grpo_r1.trainer.console import summary_line
 from grpo_r1.training import train
 
 
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         except GrpoR1Error as e:
             e.on_every_process = True  # every process reads the same file: rank 0 prints the error
             raise
+        started = time.monotonic()
         try:
             result = train(recipe, overwrite=args.overwrite, resume=args.resume, recipe_name=Path(args.recipe).stem,
                            launch=launch)
@@ -52,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(interrupted_message(stop, args.recipe, args.overrides), file=sys.stderr)
             return EXIT_CODE
         if launch.is_main:
-            print(f"grpo_r1: {result.global_step} steps done; adapter in {result.adapter_dir}, "
-                  f"metrics in {result.run_dir / 'metrics.jsonl'}")
+            print("grpo_r1: " + summary_line(result.run_dir, result.adapter_dir, result.global_step,
+                                             time.monotonic() - started, read_metrics(result.run_dir),
+                                             result.run_dir / RECIPE_FILE))
         return 0
 
     try:

@@ -3,7 +3,7 @@ before anything slow happens:
 
     1. check the `training:` section against TRL and the batch it makes on this launch
     2. load the questions and the rewards; call every reward once on sample completions
-    3. check that the model and the engine can run on this machine
+    3. check that the model, the engine and the trackers of logging.report_to can run on this machine
     4. start the processes (under accelerate launch) and agree on the run folder (or the run to resume)
     5. load the model with a fresh LoRA adapter (seeded by run.seed); the worst-case preflight step
     6. make the run folder: recipe.yaml, then the cold start (when the recipe has one)
@@ -36,13 +36,15 @@ from grpo_r1.recipe import Recipe
 from grpo_r1.run.checkpoints import install_checkpointing, latest_checkpoint, restore_grpo_state
 from grpo_r1.run.folder import RECIPE_FILE, RunFolder, check_run_dir
 from grpo_r1.run.interrupt import StopOnInterrupt, TrainingInterrupted
+from grpo_r1.run.model_card import write_adapter_card
 from grpo_r1.run.plots import plot_run
 from grpo_r1.run.resume import ResumePlan, plan_resume, rewind_run_folder
-from grpo_r1.run.tracking import METRICS_FILE, MetricsFileCallback, start_wandb
+from grpo_r1.run.tracking import METRICS_FILE, MetricsFileCallback, check_reporters, log_tensorboard_into, start_wandb
 from grpo_r1.scoring import load_reward_functions, try_rewards_on_samples
 from grpo_r1.trainer.build import build_trainer
 from grpo_r1.trainer.cold_start import check_cold_start_data, run_cold_start
 from grpo_r1.trainer.completions_log import CompletionsLogCallback
+from grpo_r1.trainer.console import use_compact_console
 from grpo_r1.trainer.grpo_config import EffectiveBatch, check_training, grpo_config
 from grpo_r1.trainer.guards import LearningSignalGuards
 from grpo_r1.trainer.preflight import run_preflight
@@ -124,7 +126,9 @@ def prepare_data(recipe: Recipe) -> tuple[Any, list[Any]]:
 
 
 def check_machine(recipe: Recipe) -> None:
-    """Fail now if the model or the engine cannot run here, or the model is one not meant to be trained."""
+    """Fail now if the model, the engine or a tracker of logging.report_to cannot run here, or the model is
+    one not meant to be trained."""
+    check_reporters(recipe.logging)
     check_model_can_load(recipe)
     if recipe.model.init == "random" and not recipe.model.train_random_init:
         raise RecipeError("model.init is 'random': its weights are noise, made for measuring speed and memory with "
@@ -199,6 +203,9 @@ def run_grpo(recipe: Recipe, plan: RunPlan, loaded: Any, dataset: Any, reward_fu
         guards = LearningSignalGuards(recipe.guards, run_dir, engine=recipe.generation.engine)
         callbacks = [MetricsFileCallback(run_dir), folder, guards]  # folder: from the first step on, the run is kept
         trainer, _ = build_trainer(recipe, loaded, dataset, reward_funcs, args, engine=engine, callbacks=callbacks)
+        if recipe.logging.console == "compact":
+            use_compact_console(trainer)
+        log_tensorboard_into(trainer, run_dir)
         if recipe.logging.completions_every:
             trainer.add_callback(CompletionsLogCallback(trainer, every=recipe.logging.completions_every,
                                                         run_dir=run_dir))
@@ -210,6 +217,8 @@ def run_grpo(recipe: Recipe, plan: RunPlan, loaded: Any, dataset: Any, reward_fu
         _fit(trainer, stopper, run_dir, plan.resuming)
         adapter_dir = run_dir / ADAPTER_DIR
         save_adapter(trainer, loaded.tokenizer, adapter_dir, launch)
+        if launch.is_main:
+            write_adapter_card(recipe, run_dir, adapter_dir, trainer.state.global_step)
     except KeyboardInterrupt:
         interrupted = True
         raise

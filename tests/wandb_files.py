@@ -1,18 +1,13 @@
-"""Read W&B's offline run file (run-*.wandb), which W&B 0.31 writes instead of a summary JSON.
+"""Read a W&B offline run back with W&B's own reader, `wandb leet inspect --json` (W&B 0.31+),
+which prints each record of the run's .wandb file as one JSON line."""
 
-The file is a LevelDB-style log: a 7-byte header (":W&B", magic, version), then 32 KiB blocks
-of chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last),
-holding serialized `wandb_internal_pb2.Record` protobufs.
-"""
-
-import struct
+import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wandb.proto import wandb_internal_pb2
-
-_BLOCK = 32768
-_HEADER = 7
+WANDB = Path(sys.executable).parent / "wandb"  # the venv's command line, of the wandb the run used
 
 
 @dataclass
@@ -21,46 +16,24 @@ class OfflineRun:
     name: str = ""
     tags: list[str] = field(default_factory=list)
     history_keys: set[str] = field(default_factory=set)
-    history_rows: int = 0
-    history: list[dict[str, str]] = field(default_factory=list)  # each row: key -> the value as JSON text
+    # Each wandb.log call: key -> value (a nested value's keys joined with ".", e.g. "completions/history._type").
+    history: list[dict] = field(default_factory=list)
 
 
-def _chunks(raw: bytes):
-    pos, pending = _HEADER, b""
-    while pos + _HEADER <= len(raw):
-        left = _BLOCK - pos % _BLOCK
-        if left < _HEADER:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + _HEADER])
-        if kind == 0:  # zero padding to the end of the block
-            pos += left
-            continue
-        data = raw[pos + _HEADER:pos + _HEADER + length]
-        pos += _HEADER + length
-        if kind == 1:
-            yield data
-        elif kind == 2:
-            pending = data
-        elif kind == 3:
-            pending += data
-        elif kind == 4:
-            yield pending + data
-
-
-def read_offline_run(run_file: Path) -> OfflineRun:
-    raw = Path(run_file).read_bytes()
-    assert raw[:4] == b":W&B", f"{run_file} is not a W&B run file"
+def read_offline_run(path: Path) -> OfflineRun:
+    """The run of a .wandb file or an offline-run-* folder. A file cut short (a killed run) reads up to its end."""
+    proc = subprocess.run([str(WANDB), "leet", "inspect", "--json", str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"wandb leet inspect {path}: exit status {proc.returncode}\n{proc.stderr[-2000:]}"
     run = OfflineRun()
-    for data in _chunks(raw):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run.project, run.name, run.tags = record.run.project, record.run.display_name, list(record.run.tags)
-        elif kind == "history":
-            run.history_rows += 1
-            row = {item.key or "/".join(item.nested_key): item.value_json for item in record.history.item}
+    for line in proc.stdout.splitlines():
+        record = json.loads(line)
+        if record["type"] == "run":
+            info = record["run"]
+            run.project, run.name = info.get("project", ""), info.get("display_name", "")
+            run.tags = info.get("tags", [])
+        elif record["type"] == "history":
+            row = record["history"].get("item", {})
             run.history_keys.update(row)
             run.history.append(row)
     return run

@@ -11,6 +11,7 @@ The cache folder is $GRPO_R1_CACHE, else $XDG_CACHE_HOME/grpo_r1, else ~/.cache/
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 import tempfile
@@ -57,6 +58,7 @@ def builtin_model_path(name: str) -> Path:
     spec = BUILTIN_MODELS[name]
     target = cache_dir() / "models" / spec.folder
     if (target / "config.json").is_file():
+        _fix_tokenizer_config(target)  # a folder materialised by an earlier release
         return target
     gguf_file = _locate_gguf(name, spec)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,18 @@ def _materialise(gguf_file: Path, out: Path) -> None:
             setattr(plain.generation_config, attr, ids[key])
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    _fix_tokenizer_config(out)
+
+
+def _fix_tokenizer_config(folder: Path) -> None:
+    """Turn off clean_up_tokenization_spaces, which the GGUF converter turns on (SmolLM2's own
+    tokenizer_config.json has it off): transformers ignores it for a BPE tokenizer and warns at
+    every decode."""
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    if config.get("clean_up_tokenization_spaces"):
+        config["clean_up_tokenization_spaces"] = False
+        path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _special_token_ids(gguf_file: Path) -> dict[str, int]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 
 from grpo_r1.errors import RecipeError
-from grpo_r1.recipe.sections import GUARD_NAMES, Recipe
+from grpo_r1.recipe.sections import GUARD_NAMES, REPORTERS, Recipe
 from rewards import BUILTIN_REWARDS
 from rewards.layout import layout_from
 
@@ -51,6 +52,7 @@ def check_recipe(recipe: Recipe, source: str) -> None:
                           f"(the engine is {gen.engine!r}); remove it or switch the engine")
     if not 0.0 <= recipe.lora.dropout < 1.0:
         raise RecipeError(f"{source}: 'lora.dropout' is a probability in [0, 1), got {recipe.lora.dropout}")
+    check_report_to(recipe, source)
     if recipe.logging.completions_every < 0:
         raise RecipeError(f"{source}: 'logging.completions_every' must be 0 (off) or a number of steps, "
                           f"got {recipe.logging.completions_every}")
@@ -83,6 +85,26 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     if not recipe.rewards:
         raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
     check_layout(recipe, source)
+
+
+def check_report_to(recipe: Recipe, source: str) -> None:
+    """logging.report_to names known trackers, each once, and "none" only alone. (Whether their packages are
+    installed is a check on the machine: grpo_r1.run.tracking.check_reporters, before the model loads.)"""
+    names = recipe.logging.report_to
+    accepted = [*REPORTERS, "none"]
+    if not names:
+        raise RecipeError(f"{source}: 'logging.report_to' is an empty list; write none to report to no tracker")
+    for name in names:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(f"{source}: 'logging.report_to' names an unknown tracker {name!r}{hint} "
+                              f"(accepted: {', '.join(accepted)})")
+    if "none" in names and len(names) > 1:
+        others = ", ".join(repr(n) for n in names if n != "none")
+        raise RecipeError(f"{source}: 'logging.report_to' names 'none' together with {others}; 'none' means no "
+                          "tracker: drop it, or write it alone")
+    recipe.logging.report_to = list(dict.fromkeys(names))  # each tracker once
 
 
 def check_layout(recipe: Recipe, source: str) -> None:

@@ -9,7 +9,7 @@ This file is the key reference. A recipe has these sections:
     cold_start  optional supervised steps on formatted reference solutions before GRPO
     generation  the engine that samples completions and its sampling settings
     training    any field of TRL's GRPOConfig (checked against it by grpo_r1.trainer.grpo_config)
-    logging     W&B project, run name, tags
+    logging     the trackers that get the metrics (W&B, TensorBoard, ...), run name, W&B project and tags
     guards      learning-signal checks that warn, or stop the run, when GRPO cannot learn
     run         run folder, seed and the worst-case preflight step
 """
@@ -140,11 +140,22 @@ class ColdStartConfig:
     examples: int | None = None
 
 
+# The trackers `logging.report_to` may name (transformers' integrations of them log TRL's metrics).
+REPORTERS = ("wandb", "tensorboard", "trackio", "mlflow")
+
+
 @dataclass
 class LoggingConfig:
     """Where metrics go. metrics.jsonl in the run folder is always written."""
 
-    report_to: Literal["wandb", "none"] = "wandb"
+    # The trackers that get every logged metric: a list of REPORTERS names ([wandb, tensorboard]), or one
+    # name, or "none". "tensorboard" writes event files into <run folder>/tensorboard (view them with
+    # `tensorboard --logdir <run folder>/tensorboard`); trackio logs locally unless training.trackio_space_id
+    # names a Space; mlflow logs where MLFLOW_TRACKING_URI says. A tracker whose package is not installed is
+    # refused before the model loads. Held as a list once built (a single name becomes a one-name list).
+    report_to: str | list[str] = field(default_factory=lambda: ["wandb"])
+    # The W&B and Trackio project, and W&B's tags; run_name (default <recipe>-<date>) names the run (W&B,
+    # Trackio, MLflow) and its folder, runs/<run_name>.
     project: str = "grpo_r1"
     run_name: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -152,9 +163,22 @@ class LoggingConfig:
     # else "offline" (files in the run folder, sync later with `wandb sync`).
     wandb_mode: Literal["online", "offline", "disabled"] | None = None
     logging_steps: int = 1
+    # What the console shows per logged step: "compact", one line (step, reward and each reward's
+    # mean, correctness rate, KL, length, truncation, s/step, ETA) under the progress bar; "full",
+    # TRL's whole dictionary. metrics.jsonl and the trackers get every metric either way.
+    console: Literal["compact", "full"] = "compact"
     # Every this many steps, a group of completions with their rewards goes to completions.jsonl
-    # in the run folder and to W&B's table "completions/history"; 0: never.
+    # in the run folder and to W&B's table "completions/history" (when report_to has wandb); 0: never.
     completions_every: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+
+    @property
+    def reporters(self) -> list[str]:
+        """The trackers the run logs to: report_to without "none"."""
+        return [name for name in self.report_to if name != "none"]
 
 
 @dataclass
@@ -213,6 +237,7 @@ OWNED_ELSEWHERE = {
     "reward_weights": "rewards[].weight",
     "report_to": "logging.report_to",
     "run_name": "logging.run_name",
+    "project": "logging.project",
     "logging_steps": "logging.logging_steps",
     "gradient_checkpointing": "model.gradient_checkpointing",
     "bf16": "model.dtype",

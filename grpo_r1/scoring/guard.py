@@ -49,6 +49,8 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
     value that is not a number or None, or is NaN or infinite. It returns the values as a list of
     floats and Nones. Async rewards get an async wrapper.
 
+    Each call also logs, through TRL's ``log_metric``, ``rewards/<name>/paid_frac``: the share of
+    the judged completions it paid more than 0 (for a correctness reward, the accuracy).
     A reward that returns None ("cannot judge") for most completions of a call is logged as a
     warning naming the reward, the step and a row it skipped: a correctness reward whose gold
     column holds no readable answer would otherwise teach nothing, silently.
@@ -98,6 +100,10 @@ class _NoneWatch:
     def __call__(self, values: list[float | None], columns: Mapping[str, Any]) -> list[float | None]:
         if self.calls_since_warning is not None:
             self.calls_since_warning += 1
+        judged = [value for value in values if value is not None]
+        log_metric = columns.get("log_metric")
+        if judged and callable(log_metric):  # TRL averages it over the logging step: the console's "correct"
+            log_metric(f"rewards/{self.name}/paid_frac", sum(value > 0 for value in judged) / len(judged))
         skipped = [index for index, value in enumerate(values) if value is None]
         mostly_skipped = len(values) >= 2 and len(skipped) > NONE_WARNING_FRACTION * len(values)
         due = self.calls_since_warning is None or self.calls_since_warning >= NONE_WARNING_EVERY

@@ -48,4 +48,12 @@ def build_trainer(
         callbacks=list(callbacks) or None,
         rollout_func=rollout_func,
     )
+    # TRL writes a model card beside every checkpoint (checkpoints/README.md). For a local base it
+    # names "[None]", and offline it asks W&B for the run's URL, which warns at each save. The run's
+    # own card is written with the adapter (grpo_r1.run.model_card).
+    trainer.create_model_card = _no_checkpoint_card
     return trainer, install_step_timer(trainer)
+
+
+def _no_checkpoint_card(*args: Any, **kwargs: Any) -> None:
+    """In place of Trainer.create_model_card: no card beside the checkpoints."""

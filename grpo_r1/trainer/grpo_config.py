@@ -57,8 +57,9 @@ def grpo_config(recipe: Recipe, output_dir: Path, run_name: str, dtype: torch.dt
         temperature=gen.temperature,
         top_p=gen.top_p,
         reward_weights=[spec.weight for spec in recipe.rewards],
-        report_to=["wandb"] if recipe.logging.report_to == "wandb" else "none",
+        report_to=recipe.logging.reporters or "none",  # transformers' integration of each logs every metric
         run_name=run_name,
+        project=recipe.logging.project,  # Trackio's project (W&B's is set where the W&B run starts)
         logging_steps=recipe.logging.logging_steps,
         # Unsloth's offloaded checkpointing is set up in get_peft_model; the trainer must not add its own.
         gradient_checkpointing=recipe.model.gradient_checkpointing is True,

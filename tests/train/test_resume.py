@@ -35,7 +35,7 @@ from grpo_r1 import train as train_module
 from grpo_r1.recipe import load_recipe
 from grpo_r1.run.checkpoints import COMPLETE_FILE, checkpoint_step, latest_checkpoint
 from grpo_r1.run.resume import plan_resume
-from grpo_r1.run.tracking import METRICS_FILE, WANDB_ID_FILE, read_metrics
+from grpo_r1.run.tracking import METRICS_FILE, SUMMARY_FILE, WANDB_ID_FILE, read_metrics
 from tests.helpers import CPU_RECIPE, ROOT
 from tests.wandb_files import read_offline_run
 
@@ -99,7 +99,7 @@ def wait_for(proc: subprocess.Popen, condition, what: str, timeout: float = 600)
 
 def logged_wandb_steps(run) -> list[int]:
     """The global steps of the training logs (rows with a loss) in an offline W&B run file."""
-    return [json.loads(row["train/global_step"]) for row in run.history if "train/loss" in row]
+    return [row["train/global_step"] for row in run.history if "train/loss" in row]
 
 
 def load_adapter(run_dir: Path) -> dict:
@@ -184,11 +184,23 @@ def killed_and_resumed(work, uninterrupted):
 def test_killed_run_resumes_to_the_uninterrupted_adapter_and_optimizer(killed_and_resumed, uninterrupted):
     run_dir, before, resumed = killed_and_resumed
     assert f"resuming {run_dir} from {before['complete'].name}" in resumed.stdout
-    assert f"{STEPS} steps done" in resumed.stdout
+    assert f"done: {STEPS} steps in" in resumed.stdout
     assert_same_training(run_dir, uninterrupted)
     assert_same_questions(run_dir, uninterrupted)
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
     assert checkpoints == ["checkpoint-3", "checkpoint-4"], "save_total_limit=2 keeps the newest two"
+
+
+def test_summary_says_which_steps_the_resumed_part_ran(killed_and_resumed, uninterrupted):
+    run_dir, before, _ = killed_and_resumed
+    resumed_from = checkpoint_step(before["complete"])
+    whole = json.loads((uninterrupted / SUMMARY_FILE).read_text())
+    part = json.loads((run_dir / SUMMARY_FILE).read_text())
+    assert whole["first_step"] == 0 and part["first_step"] == resumed_from and part["step"] == whole["step"] == STEPS
+    # Throughput over the steps this part ran (transformers divides the whole run's steps by its time).
+    assert part["train_steps_per_second"] == pytest.approx((STEPS - resumed_from) / part["train_runtime"], abs=2e-3)
+    losses = [r["loss"] for r in read_metrics(run_dir)]
+    assert part["train_loss"] == pytest.approx(sum(losses) / len(losses))
 
 
 def test_metrics_have_every_step_once_and_keep_the_lines_before_the_checkpoint(killed_and_resumed):

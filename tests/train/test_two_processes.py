@@ -61,7 +61,7 @@ def test_two_processes_train_one_adapter(two_process_run):
     run_dir, proc = two_process_run
     assert proc.stdout.count("2 processes, DDP; effective batch 4 completions per optimizer step = "
                              "2 per device x 2 processes") == 1
-    assert proc.stdout.count("2 steps done") == 1, "only rank 0 reports"
+    assert proc.stdout.count("done: 2 steps in") == 1, "only rank 0 reports"
     assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith("adapter")) == ["adapter"]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m")),
                                       run_dir / "adapter")

@@ -75,6 +75,10 @@ def _without_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "vllm", None)
 
 
+def _without_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+
+
 CASES = [
     # --- the recipe file and its keys
     Case("yaml-tab-indent", [], ["recipe.yaml", "line 2", "spaces", "tabs"], recipe="{tmp}/recipe.yaml",
@@ -95,6 +99,13 @@ CASES = [
     Case("wrong-type-list", ["lora.target_modules=q_proj"], ["'lora.target_modules' must be a list"]),
     Case("override-without-value", ["training.max_steps"], ["'training.max_steps'", "section.key=value"]),
     Case("key-owned-by-another-section", ["training.num_generations=4"], ["'generation.num_generations'"]),
+    # --- the trackers
+    Case("reporter-misspelt", ["logging.report_to=[wandb, tensorbord]"],
+         ["'logging.report_to'", "'tensorbord'", "did you mean 'tensorboard'", "wandb, tensorboard, trackio, mlflow"]),
+    Case("reporter-none-with-another", ["logging.report_to=[none, tensorboard]"],
+         ["'logging.report_to'", "'none' together with 'tensorboard'"]),
+    Case("reporter-not-installed", ["logging.report_to=[tensorboard, mlflow]"],
+         ["logging.report_to", "mlflow", "pip install mlflow"], setup=_without_mlflow),
     # --- the model
     Case("model-folder-missing", ["model.name_or_path=./no/such/model"],
          ["model.name_or_path", "./no/such/model", "smollm2-135m"]),

@@ -68,7 +68,7 @@ def test_wandb_keeps_every_logged_step_under_one_key(tmp_path, monkeypatch):
         wandb.teardown()  # W&B's service writes the run file asynchronously; this waits for it
     offline = next((tmp_path / "wandb").glob("offline-run-*"))
     history = read_offline_run(next(offline.glob("run-*.wandb")))
-    assert "completions/history/_type" in history.history_keys and "train/global_step" in history.history_keys
+    assert "completions/history._type" in history.history_keys and "train/global_step" in history.history_keys
     # INCREMENTAL mode: one file per log, each holding only that log's rows, all under the one key.
     increments = sorted((offline / "files" / "media" / "table" / "completions").glob("history_*.table.json"))
     tables = [json.loads(path.read_text()) for path in increments]
