@@ -4,7 +4,8 @@ Takes a few real rows of the recipe's dataset, makes sample completions for each
 solution in the target XML layout, a wrong answer, a malformed one without tags, and with
 `--generate N` that many completions sampled from the recipe's model), scores them with every
 reward of the recipe exactly as the trainer would, and prints reward x sample with mean, std and
-None rate. A reward that scores every sample the same is flagged: it gives GRPO no signal.
+None rate, then the sampled completions' texts. A reward that scores every sample the same is
+flagged: it gives GRPO no signal.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ def check_recipe_rewards(recipe: Recipe, rows: int = 2, generate: int = 0) -> st
     table = reward_table(funcs, prompts, completions, columns)
     legend = "\n".join(f"r{i}: {q[:90]!r} (gold {a})"
                        for i, (q, a) in enumerate(zip(picked["question"], picked["answer"])))
-    return f"{legend}\n\n{format_reward_table(table, labels)}"
+    texts = [f"{label}:\n{_indented(completion[0]['content'])}" for label, completion in zip(labels, completions)
+             if ":gen" in label]
+    sampled = ("\n\nsampled completions (the base model, at the recipe's temperature):\n" + "\n".join(texts)
+               if texts else "")
+    return f"{legend}\n\n{format_reward_table(table, labels)}{sampled}"
+
+
+def _indented(text: str) -> str:
+    """A completion under its label: each line indented, an empty one shown as such."""
+    return "\n".join("    " + line for line in text.splitlines()) if text.strip() else "    (empty)"
 
 
 def _generate(recipe: Recipe, prompts: list[list[dict[str, str]]], n: int) -> list[list[str]]:

@@ -43,3 +43,29 @@ def test_check_shows_none_rates_and_warns_when_a_reward_skips_most_rows(capsys, 
     assert rows["picky"][-1] == "83%" and rows["gsm8k_correctness"][-1] == "0%"
     assert "warning: picky returned None (cannot judge) for 5 of 6 completions" in captured.out
     assert "picky" not in captured.err  # said once, in the table
+
+
+def test_help_describes_the_command_and_its_options(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "check" in out and "--rows" in out and "--generate N" in out and "overrides" in out
+
+
+def test_an_unknown_command_names_the_one_there_is(capsys):
+    assert main(["chek", str(CPU_RECIPE)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'chek'" in err and "check" in err and "--help" in err
+
+
+def test_generate_prints_the_sampled_texts_under_the_table(capsys):
+    assert main(["check", str(CPU_RECIPE), "--rows", "1", "--generate", "2",
+                 "generation.max_completion_length=12"]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("reward"))
+    assert "r0:gen0" in header.split() and "r0:gen1" in header.split()
+    _, texts = out.split("sampled completions (the base model, at the recipe's temperature):\n")
+    lines = texts.splitlines()
+    assert lines[0] == "r0:gen0:" and "r0:gen1:" in lines
+    body = lines[1:lines.index("r0:gen1:")]
+    assert body and all(line.startswith("    ") for line in body)
+    assert all(line.strip() for line in body)  # the model wrote something (or "(empty)")
