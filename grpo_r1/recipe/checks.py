@@ -84,6 +84,10 @@ def check_recipe(recipe: Recipe, source: str) -> None:
         raise RecipeError(f"{source}: 'data.limit' must be at least 1 (or null for every row), got {recipe.data.limit}")
     if not recipe.rewards:
         raise RecipeError(f"{source}: 'rewards' is empty; name at least one reward function (e.g. - correctness)")
+    for index, spec in enumerate(recipe.rewards):
+        if not 0 <= spec.timeout_s < float("inf"):
+            raise RecipeError(f"{source}: 'rewards.{index}.timeout_s' ({spec.name}) is the seconds one call may take, "
+                              f"a number >= 0 (0: no limit), got {spec.timeout_s}")
     check_layout(recipe, source)
 
 

@@ -236,7 +236,7 @@ def _expected(hint: Any) -> str:
     if origin is dict:
         return "a mapping"
     if hint is RewardSpec:
-        return "a reward name or a mapping with name, weight and kwargs"
+        return "a reward name or a mapping with name, weight, kwargs and timeout_s"
     if dataclasses.is_dataclass(hint):
         return "a mapping"
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}

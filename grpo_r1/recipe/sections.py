@@ -94,6 +94,10 @@ class RewardSpec:
     name: str
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # Seconds one call (a whole batch of completions) may take; past it the run stops naming the reward.
+    # 0: no limit. The call runs in a worker thread that is abandoned on expiry and never keeps the
+    # process alive.
+    timeout_s: float = 60.0
 
 
 def _seed_rewards() -> list[RewardSpec]:

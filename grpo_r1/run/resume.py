@@ -163,8 +163,13 @@ def check_same_experiment(saved: dict[str, Any], recipe: Recipe, run_dir: Path) 
                       f"or start a new run without --resume")
 
 
+# ... and each reward's time limit, which changes nothing a reward returns in time.
+HARMLESS_PATTERN = re.compile(r"rewards\.\d+\.timeout_s")
+
+
 def _harmless(key: str) -> bool:
-    return any(key.startswith(h) if h.endswith(".") else key == h for h in HARMLESS_KEYS)
+    return (any(key.startswith(h) if h.endswith(".") else key == h for h in HARMLESS_KEYS)
+            or HARMLESS_PATTERN.fullmatch(key) is not None)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

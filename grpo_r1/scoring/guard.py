@@ -3,6 +3,7 @@ names the reward and the completion, never a silent zero."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import functools
@@ -10,6 +11,7 @@ import inspect
 import logging
 import math
 import numbers
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -20,6 +22,7 @@ from rewards.parsing import completion_text, excerpt
 RewardFunc = Callable[..., Any]
 
 _GUARDED = "__grpo_r1_guarded__"
+_TIMEOUT = "__grpo_r1_timeout_s__"
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +43,16 @@ def none_warnings_off() -> Any:
         _WARN_ON_NONE.reset(token)
 
 
-def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
+def guard_reward(func: RewardFunc, name: str | None = None, *, timeout_s: float | None = None,
+                 setting: str = "timeout_s") -> RewardFunc:
     """Wrap a reward so misbehaviour stops the run with a RewardError instead of a silent zero.
+
+    With `timeout_s` > 0 (the recipe's `rewards[i].timeout_s`; None: an already guarded reward's own
+    limit, else none), a call that takes longer raises
+    RewardError naming the reward, the step, the first completion and the setting. The call runs in
+    a daemon thread (TRL may itself call rewards from a thread, where no signal-based timeout can
+    work); on expiry that thread is abandoned, and it never keeps the process alive. An async
+    reward is awaited with the same limit. `setting` is the recipe key the message names.
 
     The wrapper has ``__name__`` ``name`` (default: the function's own), so TRL logs it under that
     name. It raises RewardError, naming the reward, the completion's index and an excerpt of it,
@@ -55,10 +66,16 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
     warning naming the reward, the step and a row it skipped: a correctness reward whose gold
     column holds no readable answer would otherwise teach nothing, silently.
     """
-    if getattr(func, _GUARDED, False):
-        if name is None or func.__name__ == name:
+    guarded_already = getattr(func, _GUARDED, False)
+    if timeout_s is None:
+        timeout_s = getattr(func, _TIMEOUT) if guarded_already else 0.0
+    if not (isinstance(timeout_s, (int, float)) and not isinstance(timeout_s, bool) and 0 <= timeout_s < math.inf):
+        raise RewardError(f"reward {name or func!r}: timeout_s must be a number of seconds >= 0 (0: no limit), "
+                          f"got {timeout_s!r}")
+    if guarded_already:
+        if (name is None or func.__name__ == name) and getattr(func, _TIMEOUT) == timeout_s:
             return func
-        func = func.__wrapped__  # re-guard under the new name, not twice
+        func = func.__wrapped__  # re-guard under the new name or limit, not twice
     name = name or getattr(func, "__name__", type(func).__name__)
     watch = _NoneWatch(name)
 
@@ -66,8 +83,14 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
 
         async def guarded(*args: Any, **kwargs: Any) -> list[float | None]:
             completions = _completions_of(name, args, kwargs)
+            limit = asyncio.timeout(timeout_s or None)
             try:
-                output = await func(*args, **kwargs)
+                async with limit:
+                    output = await func(*args, **kwargs)
+            except TimeoutError as exc:
+                if not limit.expired():  # the reward's own TimeoutError
+                    raise _raised_error(name, exc, None, completions) from exc
+                raise _timeout_error(name, timeout_s, setting, completions, kwargs) from None
             except Exception as exc:
                 raise _raised_error(name, exc, None, completions) from exc
             return watch(_checked_output(name, output, completions), kwargs)
@@ -77,7 +100,9 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
         def guarded(*args: Any, **kwargs: Any) -> list[float | None]:  # type: ignore[misc]
             completions = _completions_of(name, args, kwargs)
             try:
-                output = func(*args, **kwargs)
+                output = _call_within(func, args, kwargs, timeout_s) if timeout_s else func(*args, **kwargs)
+            except _Expired:
+                raise _timeout_error(name, timeout_s, setting, completions, kwargs) from None
             except Exception as exc:
                 index = None if args else _failing_index(func, kwargs)
                 raise _raised_error(name, exc, index, completions) from exc
@@ -87,7 +112,47 @@ def guard_reward(func: RewardFunc, name: str | None = None) -> RewardFunc:
     guarded.__name__ = name
     guarded.__qualname__ = name
     setattr(guarded, _GUARDED, True)
+    setattr(guarded, _TIMEOUT, timeout_s)
     return guarded
+
+
+class _Expired(Exception):
+    """A reward call ran past its time limit."""
+
+
+def _call_within(func: RewardFunc, args: tuple[Any, ...], kwargs: Mapping[str, Any], timeout_s: float) -> Any:
+    """func(*args, **kwargs) in a daemon thread (with the caller's context variables); its result or its
+    exception, or _Expired after `timeout_s` seconds, leaving the thread to run on unobserved."""
+    outcome: dict[str, Any] = {}
+    context = contextvars.copy_context()
+
+    def call() -> None:
+        try:
+            outcome["value"] = context.run(func, *args, **kwargs)
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name=f"reward {getattr(func, '__name__', func)!s}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise _Expired
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _timeout_error(name: str, timeout_s: float, setting: str, completions: Sequence[Any],
+                   columns: Mapping[str, Any]) -> RewardError:
+    state = columns.get("trainer_state")
+    step = f" at step {state.global_step + 1}" if getattr(state, "max_steps", 0) > 0 else ""
+    first = f"; the first of its {len(completions)} completions: {_completion_excerpt(completions, 0)}" if (
+        completions) else ""
+    return RewardError(
+        f"reward {name!r} did not return within {timeout_s:g} s{step}{first}. If it is slow rather than stuck, "
+        f"raise its limit ({setting}={max(2 * timeout_s, 120):g}; 0: no limit); "
+        "if it waits on a service or runs generated code, give that call its own timeout"
+    )
 
 
 class _NoneWatch:

@@ -52,6 +52,7 @@ class RewardSpecLike(Protocol):
     name: str
     weight: float
     kwargs: dict[str, Any]
+    timeout_s: float
 
 
 def load_reward_functions(
@@ -60,7 +61,7 @@ def load_reward_functions(
     """Import, check and guard the rewards a recipe names, in order; raise RewardError on any problem.
 
     Args:
-        specs: the recipe's reward entries (``name``, ``weight``, ``kwargs``).
+        specs: the recipe's reward entries (``name``, ``weight``, ``kwargs``, ``timeout_s``).
         columns: the training dataset's column names; TRL passes each (but ``prompt``) to every reward.
         base_dir: the recipe file's folder; relative file paths are looked up there, then in the cwd.
 
@@ -77,10 +78,10 @@ def load_reward_functions(
     names = [_check_spec(index, spec) for index, spec in enumerate(specs)]
     _check_unique(specs, names)
     funcs = []
-    for spec, name in zip(specs, names, strict=True):
+    for index, (spec, name) in enumerate(zip(specs, names, strict=True)):
         func = resolve_reward(spec.name, spec.kwargs or {}, base_dir)
         check_reward_signature(func, name, columns)
-        funcs.append(guard_reward(func, name))
+        funcs.append(guard_reward(func, name, timeout_s=spec.timeout_s, setting=f"rewards.{index}.timeout_s"))
     return funcs
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -47,6 +48,34 @@ def test_a_run_failing_in_its_first_step_leaves_the_folder_as_it_found_it(tmp_pa
         assert run_dir.is_dir() and list(run_dir.iterdir()) == [], "a folder that was there stays, as empty as it was"
     else:
         assert not run_dir.exists(), "the folder of a run that never completed a step is removed"
+
+
+# Passes the check on sample completions and never returns on the model's first real ones.
+STALLING_REWARD = '''
+import time
+
+def stalls(prompts, completions, completion_ids, **kwargs):
+    if any(completion_ids):
+        time.sleep(3600)  # a service that stopped answering
+    return [0.0 for _ in completions]
+'''
+
+
+def test_a_reward_that_hangs_in_training_stops_the_run_with_its_name_and_step(tmp_path):
+    (tmp_path / "stalls.py").write_text(STALLING_REWARD)
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "grpo_r1.train", str(CPU_RECIPE), *TINY, f"run.output_dir={run_dir}",
+         f"rewards=[graded_format, {{name: {tmp_path / 'stalls.py'}:stalls, timeout_s: 2}}]"],
+        cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error: reward 'stalls' did not return within 2 s at step 1; the first of its 2 "
+                           "completions: "), proc.stderr[-3000:]
+    assert "rewards.1.timeout_s=120" in last and "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 540, "the abandoned call kept the process alive"
 
 
 # Runs the real command line with a disk that fills up while checkpoint-2 is written (its optimizer

@@ -53,6 +53,11 @@ def one_short(prompts, completions, **kwargs):
 
 def nan_reward(prompts, completions, **kwargs):
     return [math.nan for _ in completions]
+
+def hangs(prompts, completions, **kwargs):
+    import time
+    time.sleep(3600)  # a service that never answers
+    return [0.0 for _ in completions]
 '''
 
 
@@ -152,6 +157,11 @@ CASES = [
          files={"my_rewards.py": MY_REWARDS}),
     Case("reward-nan", ["rewards=[{tmp}/my_rewards.py:nan_reward]"], ["'nan_reward'", "nan", "finite"],
          files={"my_rewards.py": MY_REWARDS}),
+    Case("reward-hangs", ["rewards=[graded_format, {name: {tmp}/my_rewards.py:hangs, timeout_s: 1}]"],
+         ["reward 'hangs' did not return within 1 s", "the first of its 3 completions", "rewards.1.timeout_s=120",
+          "0: no limit"], files={"my_rewards.py": MY_REWARDS}),
+    Case("reward-timeout-negative", ["rewards.0.timeout_s=-5"], ["'rewards.0.timeout_s' (graded_format)", ">= 0",
+                                                                 "0: no limit"]),
     Case("reward-tags-not-in-system-prompt", ["rewards=[{name: strict_format, kwargs: {tags: {reasoning: think}}}]"],
          ["data.system_prompt asks for", "<think>", "Respond in the following format"]),
     Case("reward-tag-name-with-brackets", ["rewards=[{name: xml_count, kwargs: {tags: {reasoning: <think>}}}]"],

@@ -2,13 +2,13 @@
 
 import math
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from grpo_r1.errors import RewardError
+from grpo_r1.recipe import RewardSpec
 from grpo_r1.scoring import check_reward_signature, guard_reward, load_reward_functions, reward_name
 from rewards import BUILTIN_REWARDS
 
@@ -16,13 +16,7 @@ COLUMNS = ["prompt", "question", "answer", "solution"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-@dataclass
-class Spec:
-    """Stands in for recipe.RewardSpec."""
-
-    name: str
-    weight: float = 1.0
-    kwargs: dict[str, Any] = field(default_factory=dict)
+Spec = RewardSpec
 
 
 def load(*specs: Spec | str, columns: list[str] = COLUMNS, base_dir: Path | None = None) -> list:

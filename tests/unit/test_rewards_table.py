@@ -6,6 +6,7 @@ import pytest
 
 from grpo_r1.errors import DataError, RewardError
 from grpo_r1.prompts import solution_steps
+from grpo_r1.recipe import RewardSpec
 from grpo_r1.scoring import format_reward_table, load_reward_functions, reward_table, sample_completions
 from rewards import BUILTIN_REWARDS, SEED_REWARDS
 
@@ -21,7 +22,7 @@ STATE = SimpleNamespace(global_step=0, max_steps=10, epoch=0.0)
 
 
 def table(names, samples, trainer_state=STATE):
-    funcs = load_reward_functions([SimpleNamespace(name=n, weight=1.0, kwargs={}) for n in names], ROW)
+    funcs = load_reward_functions([RewardSpec(name=n) for n in names], ROW)
     count = len(samples)
     completions = [[{"role": "assistant", "content": text}] for text in samples.values()]
     columns = {key: [value] * count for key, value in ROW.items()}
