@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md, part by part:  bash benchmarks/gpu_bench.sh PART [PART ...]
 #   seed       the seed shape (1 question x 6 x 200, r64, KL) against plain TRL, in one invocation
+#              (COMPARE= leaves TRL out; COMPARE=trl,unsloth adds Unsloth)
 #   unsloth    the seed shape against Unsloth without vLLM
 #   batched    the batched shape (8 questions x 6 x 200)
+#   batched_zero        the same with only the seed's five rewards: on random weights every group scores
+#                       alike, so advantages and gradients are zero (how docs/benchmarks.md measured before
+#                       2026-12-02)
+#   batched_fused       the batched shape with fused fp32 AdamW instead of paged 8-bit
+#   batched_expandable  the batched shape with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 #   micro      the static decoder's time per token and its logprob gap (benchmarks/gen_microbench.py)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
@@ -10,23 +16,31 @@
 # Each part writes PART.json / PART.log into $OUT (default /tmp/out) and is cut off after its
 # share of the 10-minute device call (TIMEOUT_PART or PART_TIMEOUT seconds, default 300).
 # LEVERS="a b" picks the memory levers to run (default: all of benchmarks/memory_levers.sh).
+# STEPS and WARMUP set the bench parts' measured and warm-up steps (default 5 and 2: medians of 5).
+# The bench recipe's rewards include rewards.benchmark:text_hash, so advantages and gradients are not zero.
 source benchmarks/gpu_setup.sh
 set +e
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 R=recipes/bench/qwen3b_seed_shape.yaml
 BATCHED=(training.per_device_train_batch_size=12 training.gradient_accumulation_steps=4)
-show() { grep -v "Warning\|warn\|^{\|^ *\"" | tail -${1:-25}; }
+show() { grep -v "Warning\|warn(\|warnings.warn\|^{\|^ *\"" | tail -${1:-40}; }
+STEPS=${STEPS:-5}; WARMUP=${WARMUP:-2}; cmp=${COMPARE-trl}
+SEED_REWARDS='rewards=[xml_count, soft_format, strict_format, int_answer, gsm8k_correctness]'
+# bench PART [overrides and options ...]: one bench run of the recipe into PART.json / PART.log
+bench() { local name=$1; shift
+  timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" "$@" --gpu-mem 24 --steps $STEPS --warmup $WARMUP \
+    --out "$out/$name.json" 2>&1 | tee "$out/$name.log" | show; }
 for part in "$@"; do
   var=TIMEOUT_$part; limit=${!var:-${PART_TIMEOUT:-300}}
   echo "== $part ($(date +%T))"
   case $part in
-    seed) timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" --gpu-mem 24 --steps 3 --warmup 2 --compare trl \
-            --out "$out/seed.json" 2>&1 | tee "$out/seed.log" | show ;;
-    unsloth) timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" --gpu-mem 24 --steps 2 --warmup 2 --compare unsloth \
-            --out "$out/unsloth.json" 2>&1 | tee "$out/unsloth.log" | show ;;
-    batched) timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" "${BATCHED[@]}" --gpu-mem 24 --steps 2 --warmup 2 \
-            --out "$out/batched.json" 2>&1 | tee "$out/batched.log" | show ;;
+    seed) bench seed ${cmp:+--compare $cmp} ;;
+    unsloth) bench unsloth --compare unsloth ;;
+    batched) bench batched "${BATCHED[@]}" ;;
+    batched_zero) bench batched_zero "${BATCHED[@]}" "$SEED_REWARDS" ;;
+    batched_fused) bench batched_fused "${BATCHED[@]}" training.optim=adamw_torch_fused ;;
+    batched_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_expandable "${BATCHED[@]}" ;;
     micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
     batched_levers) mkdir -p "$out/batched"

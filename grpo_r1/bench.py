@@ -1,11 +1,17 @@
 """Measure GRPO steps: `python -m grpo_r1.bench RECIPE.yaml [section.key=value ...] [options]`.
 
-Runs `--warmup` + `--steps` real GRPO steps of the recipe and prints, and writes as JSON, s/step,
-questions/s, completion tokens/s, peak GPU memory and the split of a step (grpo_r1.benchmark).
+Runs `--warmup` + `--steps` real GRPO steps of the recipe and prints, and writes as JSON, s/step (the
+median of the measured steps, with min and max), questions/s, completion tokens/s, peak GPU memory,
+the split of a step, the forward + backward's achieved TFLOP/s against a matrix product timed on
+the device, the decode's weight bytes/s against a device copy, the loss and grad_norm, and every
+step on its own line (grpo_r1.benchmark; the formulas: grpo_r1.throughput). A warning says when
+the advantages were all zero (a reward that pays every completion alike: the real path was not
+timed), when fewer than 5 steps were measured, and when torch compiled during the measured steps.
 
 Options:
-    --steps N          measured steps (default 5); --warmup W steps first, not measured (default 2:
-                       torch.compile and CUDA graphs are built during the first)
+    --steps N          measured steps (default 5; the median is reported, so take at least 5);
+                       --warmup W steps first, not measured (default 2: torch.compile and CUDA
+                       graphs are built during the first)
     --gpu-mem GiB      cap this process's GPU memory (torch.cuda.set_per_process_memory_fraction)
                        to stand in for a smaller card, e.g. 24 for an RTX 4090
     --compare LIST     also run these variants of the same shape, each in its own process, and
@@ -26,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from grpo_r1.benchmark import VARIANTS, format_results, run_bench
+from grpo_r1.benchmark import VARIANTS, format_results, format_steps, run_bench
 from grpo_r1.cli import recipe_parser, run_command
 from grpo_r1.errors import RecipeError
 from grpo_r1.recipe import load_recipe
@@ -52,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         for variant in compare:
             results.append(_run_in_subprocess(args, variant))
         Path(args.out).write_text(json.dumps(results if compare else results[0], indent=2) + "\n")
-        print(format_results([r for r in results if "error" not in r]))
+        measured = [r for r in results if "error" not in r]
+        for result in measured:
+            print(format_steps(result))
+        print(format_results(measured))
         for failed in (r for r in results if "error" in r):
             print(f"{failed['variant']}: not measured: {failed['error']}")
         print(f"bench: figures in {args.out}")

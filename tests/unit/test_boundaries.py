@@ -130,7 +130,8 @@ def private_uses(root: Path, privates: set[str], allowed: Path = TRL_PRIVATES_FI
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Recipe) if f.name not in ("base_dir", "source")}
-_KEY = re.compile(r"(?<![\w./-])(" + "|".join(SECTIONS) + r")\.([a-z_][a-z0-9_]*)\b")
+# section.key, but not module:function (rewards.benchmark:text_hash names a reward, not a key)
+_KEY = re.compile(r"(?<![\w./-])(" + "|".join(SECTIONS) + r")\.([a-z_][a-z0-9_]*)\b(?!:)")
 _FILE_SUFFIXES = {"json", "jsonl", "yaml", "py", "png", "pt", "txt"}  # guards.jsonl is a file, not a key
 
 
