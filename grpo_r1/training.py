@@ -159,7 +159,8 @@ def plan_run(recipe: Recipe, launch: Launch, *, resume: str | Path | None, recip
     if resume is None:
         on_main_then_share(launch, lambda: check_run_dir(run_dir, overwrite))
         return RunPlan(run_dir, run_name, None)
-    resuming = on_main_then_share(launch, lambda: _announced(plan_resume(recipe, resume, recipe_name)))
+    resuming = on_main_then_share(launch, lambda: _announced(plan_resume(recipe, resume, recipe_name,
+                                                                               processes=launch.world_size)))
     return RunPlan(resuming.run_dir, resuming.run_name, resuming)
 
 

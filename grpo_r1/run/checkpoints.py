@@ -9,9 +9,12 @@ needs to continue exactly where it stopped, and marks the checkpoint complete:
     metrics.jsonl     the run's metrics.jsonl up to step N
     grpo_buffer-R.pt  only between generation rounds (steps_per_generation or num_iterations
                       > 1): process R's generated completions that the next steps still train on
-    complete.json     written last, atomically: GRPO's micro-step counter, the run's name (W&B's)
-                      and the name and size of every file above. A folder without it, or with a listed file missing
-                      or of another size, is incomplete (a crash mid-save) and is never resumed.
+    complete.json     written last, atomically: GRPO's micro-step counter, the run's name (W&B's),
+                      the number of processes that saved it, and the name, size and BLAKE2b hash of
+                      every file above. A folder without it, or with a listed file missing or of
+                      another size, is incomplete (a crash mid-save) and is never resumed; one whose
+                      file no longer has its hash is damaged (`damaged_files`), and a resume falls back
+                      to the checkpoint before it (grpo_r1.run.resume).
 
 Older complete checkpoints beyond `training.save_total_limit` are deleted only after the new one
 is complete, so a crash at any moment leaves at least one complete checkpoint behind.
@@ -22,6 +25,7 @@ prepares it to resume from a checkpoint (the Trainer restores the rest itself).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,6 +42,8 @@ from grpo_r1.trainer import trl_private
 CHECKPOINTS_DIR = "checkpoints"
 COMPLETE_FILE = "complete.json"
 BUFFER_FILE = "grpo_buffer-{rank}.pt"
+HASH = "blake2b"
+DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint moved aside: damaged-checkpoint-N
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -49,13 +55,54 @@ def checkpoint_step(path: Path) -> int | None:
 
 def is_complete(checkpoint: Path) -> bool:
     """Whether `checkpoint` was fully written: its complete.json exists and every file it lists
-    is there with the size it had when the checkpoint was saved."""
+    is there with the size it had when the checkpoint was saved (cheap: no file is read)."""
     try:
         marker = json.loads((Path(checkpoint) / COMPLETE_FILE).read_text())
         files = marker["files"]
-        return all((Path(checkpoint) / name).stat().st_size == size for name, size in files.items())
+        return all((Path(checkpoint) / name).stat().st_size == _size(entry) for name, entry in files.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def damaged_files(checkpoint: Path) -> list[str]:
+    """The files of a complete checkpoint that are not what was saved: missing, of another size, or
+    with another BLAKE2b hash (checkpoints saved before hashes were recorded are checked by size)."""
+    marker = json.loads((Path(checkpoint) / COMPLETE_FILE).read_text())
+    damaged = []
+    for name, entry in marker["files"].items():
+        path = Path(checkpoint) / name
+        try:
+            if path.stat().st_size != _size(entry) or (isinstance(entry, dict) and file_hash(path) != entry[HASH]):
+                damaged.append(name)
+        except OSError:
+            damaged.append(name)
+    return damaged
+
+
+def saved_processes(checkpoint: Path) -> int | None:
+    """How many processes saved `checkpoint` (None for checkpoints from before this was recorded)."""
+    marker = json.loads((Path(checkpoint) / COMPLETE_FILE).read_text())
+    return marker.get("processes")
+
+
+def file_hash(path: Path) -> str:
+    """The BLAKE2b hex digest of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
+
+
+def mark_complete(folder: Path, *, global_step: int, grpo_micro_step: int, run_name: str, processes: int) -> None:
+    """Write `folder`'s complete.json, atomically and last: the fields given, and every file's size and hash."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, HASH: file_hash(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_FILE}
+    marker = {"global_step": global_step, "grpo_micro_step": grpo_micro_step, "run_name": run_name,
+              "processes": processes, "files": files}
+    _write_atomic(folder / COMPLETE_FILE, json.dumps(marker, indent=1) + "\n")
+
+
+def _size(entry: Any) -> int:
+    return entry["size"] if isinstance(entry, dict) else entry  # older markers: the size alone
 
 
 def all_checkpoints(run_dir: Path) -> list[Path]:
@@ -133,10 +180,8 @@ class CheckpointCallback(TrainerCallback):
         if not state.is_world_process_zero or not folder.is_dir():
             return
         self._add_run_files(folder)
-        files = {str(p.relative_to(folder)): p.stat().st_size
-                 for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE_FILE}
-        marker = {"global_step": state.global_step, "grpo_micro_step": step, "run_name": args.run_name, "files": files}
-        _write_atomic(folder / COMPLETE_FILE, json.dumps(marker, indent=1) + "\n")
+        mark_complete(folder, global_step=state.global_step, grpo_micro_step=step, run_name=args.run_name,
+                      processes=trainer.accelerator.num_processes)
         self._rotate()
 
     def _add_run_files(self, folder: Path) -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,22 @@ from grpo_r1.errors import RecipeError
 from grpo_r1.recipe import Recipe, recipe_from_dict
 from grpo_r1.run.checkpoints import (
     COMPLETE_FILE,
+    DAMAGED_PREFIX,
     all_checkpoints,
     checkpoint_step,
+    complete_checkpoints,
+    damaged_files,
     latest_checkpoint,
     remove_checkpoints_after,
+    saved_processes,
 )
 from grpo_r1.run.folder import RECIPE_FILE
 from grpo_r1.run.tracking import METRICS_FILE, SUMMARY_FILE
 from grpo_r1.trainer.completions_log import COMPLETIONS_FILE
 from grpo_r1.trainer.grpo_config import check_training
 from grpo_r1.trainer.guards import GUARDS_FILE
+
+logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 RUNS_ROOT = Path("runs")
@@ -70,18 +77,30 @@ class ResumePlan:
     checkpoint: Path
     step: int
     run_name: str
+    damaged: list[Path] = field(default_factory=list)  # newer complete checkpoints whose files changed since saved
 
 
-def plan_resume(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root: Path = RUNS_ROOT) -> ResumePlan:
+def plan_resume(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root: Path = RUNS_ROOT, *,
+                processes: int = 1) -> ResumePlan:
     """Find the run and checkpoint `resume` (a run folder or "auto") points at, and check that
-    `recipe` may continue it. Raises RecipeError naming the fix when it cannot."""
+    `recipe`, launched as `processes` processes, may continue it. Raises RecipeError naming the fix
+    when it cannot. A complete checkpoint whose files no longer hash as saved is skipped with a
+    warning naming the file, for the one before it."""
     run_dir = find_run_dir(recipe, resume, recipe_name, runs_root)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
+    complete = complete_checkpoints(run_dir)
+    if not complete:
         partial = all_checkpoints(run_dir)
         found = f"only incomplete checkpoints ({', '.join(p.name for p in partial)})" if partial else "no checkpoint"
         raise RecipeError(f"--resume: run folder {str(run_dir)!r} has {found} to resume from (one is saved every "
                           f"training.save_steps steps); start it again with --overwrite instead of --resume")
+    checkpoint, damaged = _newest_intact(run_dir, complete)
+    saved = saved_processes(checkpoint)
+    if saved is not None and saved != processes:
+        how = f"accelerate launch --num_processes {saved} -m grpo_r1.train ..." if saved > 1 else \
+            "python -m grpo_r1.train ..., without accelerate launch"
+        raise RecipeError(f"--resume: {checkpoint.name} of {str(run_dir)!r} was saved by {saved} process(es) and this "
+                          f"launch has {processes}; each process's data position, random state and buffered "
+                          f"completions are in it, so resume with {saved} ({how})")
     step = checkpoint_step(checkpoint)
     check_same_experiment(saved_recipe(run_dir, checkpoint), recipe, run_dir)
     max_steps = recipe.to_dict()["training"]["max_steps"]
@@ -91,7 +110,24 @@ def plan_resume(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root:
                           f"to train further")
     marker = json.loads((checkpoint / COMPLETE_FILE).read_text())
     run_name = recipe.logging.run_name or marker.get("run_name") or run_dir.name
-    return ResumePlan(run_dir=run_dir, checkpoint=checkpoint, step=step, run_name=run_name)
+    return ResumePlan(run_dir=run_dir, checkpoint=checkpoint, step=step, run_name=run_name, damaged=damaged)
+
+
+def _newest_intact(run_dir: Path, complete: list[Path]) -> tuple[Path, list[Path]]:
+    """The newest of the `complete` checkpoints whose files hash as saved, and the newer damaged ones."""
+    damaged: dict[Path, list[str]] = {}
+    for checkpoint in reversed(complete):
+        bad = damaged_files(checkpoint)
+        if not bad:
+            for path, names in damaged.items():
+                logger.warning("--resume: %s is damaged (%s: no longer what was saved, another size or hash); "
+                               "resuming from %s instead, and moving it aside to %s", path.name, ", ".join(names),
+                               checkpoint.name, path.with_name(DAMAGED_PREFIX + path.name))
+            return checkpoint, list(damaged)
+        damaged[checkpoint] = bad
+    listing = "; ".join(f"{path.name}: {', '.join(names)}" for path, names in damaged.items())
+    raise RecipeError(f"--resume: every complete checkpoint of {str(run_dir)!r} is damaged ({listing}: no longer "
+                      f"what was saved); start the run again with --overwrite instead of --resume")
 
 
 def find_run_dir(recipe: Recipe, resume: str | Path, recipe_name: str, runs_root: Path = RUNS_ROOT) -> Path:
@@ -203,6 +239,10 @@ def rewind_run_folder(plan: ResumePlan) -> None:
     _keep_steps_up_to(run_dir / COMPLETIONS_FILE, plan.step)
     _keep_steps_up_to(run_dir / GUARDS_FILE, plan.step)
     (run_dir / SUMMARY_FILE).unlink(missing_ok=True)
+    for path in plan.damaged:  # kept for a look, under a name that is no checkpoint
+        aside = path.with_name(DAMAGED_PREFIX + path.name)
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
     remove_checkpoints_after(run_dir, plan.step)
 
 

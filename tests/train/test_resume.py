@@ -271,6 +271,21 @@ def test_a_half_written_checkpoint_is_never_resumed(killed_and_resumed, tmp_path
     assert latest_checkpoint(copy) is None
 
 
+def test_a_damaged_checkpoint_is_skipped_for_the_one_before_it(killed_and_resumed, uninterrupted, work, tmp_path):
+    run_dir, _, _ = killed_and_resumed
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    optimizer = copy / "checkpoints" / "checkpoint-4" / "optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot: same size, another hash
+    optimizer.write_bytes(bytes(data))
+    resumed = run([str(CPU_RECIPE), *tiny_overrides(work), f"run.output_dir={copy}", "--resume"])
+    assert "checkpoint-4 is damaged (optimizer.pt: no longer what was saved" in resumed.stderr, resumed.stderr[-2000:]
+    assert f"resuming {copy} from checkpoint-3" in resumed.stdout
+    assert (copy / "checkpoints" / "damaged-checkpoint-4" / "optimizer.pt").is_file()
+    assert_same_training(copy, uninterrupted)  # step 4 trained again, to the same adapter and optimizer
+
+
 def no_model(*args, **kwargs):
     raise AssertionError("a model was loaded for a resume that should have been refused")
 
