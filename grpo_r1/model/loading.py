@@ -20,6 +20,7 @@ import torch
 from grpo_r1.errors import ModelError
 from grpo_r1.launch import Launch
 from grpo_r1.model.builtin import builtin_model_path, is_builtin
+from grpo_r1.model.templates import use_chat_template
 from grpo_r1.recipe import ModelConfig, Recipe
 
 
@@ -145,6 +146,7 @@ def load_base_model(recipe: Recipe, launch: Launch | None = None) -> tuple[Any, 
     tokenizer = _from_pretrained(AutoTokenizer, cfg.tokenizer or path,
                                  "model.tokenizer" if cfg.tokenizer else "model.name_or_path",
                                  trust_remote_code=cfg.trust_remote_code)
+    use_chat_template(tokenizer, recipe)  # before the weights: a tokenizer that cannot format the prompts is refused
     model = _from_pretrained(AutoModelForCausalLM, path, "model.name_or_path", **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -195,6 +197,7 @@ def _load_unsloth(recipe: Recipe, path: str, dtype: torch.dtype) -> tuple[Any, A
     except OSError as e:
         raise ModelError(f"model.name_or_path {path!r} could not be loaded by Unsloth: "
                          f"{str(e).splitlines()[0]}") from None
+    use_chat_template(tokenizer, recipe)
     model = FastLanguageModel.get_peft_model(
         model,
         r=lora.r,

@@ -44,6 +44,10 @@ class ModelConfig:
     gradient_checkpointing: bool | Literal["unsloth"] = True
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None
+    # The chat template the prompts are formatted with; None: the tokenizer's own (a tokenizer without one
+    # is refused before the weights load). "plain": "<system>\n\nQuestion: ...\nAnswer: ...<eos>", for base
+    # models; or the path of a .jinja template (relative to the recipe's folder). See grpo_r1.model.templates.
+    chat_template: str | None = None
     trust_remote_code: bool = False
     # "random": no weights are read; `architecture` (see grpo_r1.model.architectures) is built at random
     # init with `tokenizer`, for measuring speed and memory (python -m grpo_r1.bench).

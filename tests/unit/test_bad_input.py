@@ -312,3 +312,37 @@ def test_disk_full_before_the_first_step_removes_the_new_folder(tmp_path):
     assert not run_dir.exists()
     other = ValueError("not about the disk")
     assert RunFolder().failed(other) is other, "other errors pass through unchanged"
+
+
+def base_model_folder(tmp_path: Path) -> Path:
+    """The built-in model as a base model comes: weights, config and tokenizer, but no chat template."""
+    from grpo_r1.model.builtin import builtin_model_path
+
+    source, folder = builtin_model_path("smollm2-135m"), tmp_path / "base-model"
+    folder.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        (folder / name).symlink_to(source / name)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    assert "chat_template" not in (folder / "tokenizer_config.json").read_text()
+    return folder
+
+
+def test_a_model_without_a_chat_template_is_refused_before_its_weights_load(tmp_path, monkeypatch, capfd):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded for a model that should have been refused")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    folder = base_model_folder(tmp_path)
+    run_dir = tmp_path / "run"
+    code = train_module.main([str(CPU_RECIPE), f"run.output_dir={run_dir}", *TINY, f"model.name_or_path={folder}"])
+    _, err = capfd.readouterr()
+    assert_refused(code, err, [f"the tokenizer of '{folder}' has no chat template", "model.chat_template=plain",
+                               ".jinja", "model.tokenizer="])
+    assert not run_dir.exists()
+    code = train_module.main([str(CPU_RECIPE), f"run.output_dir={run_dir}", *TINY, f"model.name_or_path={folder}",
+                              "model.chat_template=./no/such.jinja"])
+    _, err = capfd.readouterr()
+    assert_refused(code, err, ["model.chat_template './no/such.jinja'", "'plain'", ".jinja"])
