@@ -158,14 +158,24 @@ def agree(launch: Launch, value: T) -> T:
 def on_main_then_share(launch: Launch, check: Callable[[], T]) -> T:
     """Run `check` on rank 0 only and give its result to every process; a GrpoR1Error it raises
     is raised on every process, so that all of them stop with the same message and none waits
-    for the others in a collective."""
+    for the others in a collective. Any other exception is raised again on rank 0 (with its
+    traceback) and, on the other processes, as a GrpoR1Error naming it: every process stops."""
     outcome: tuple[str, Any] = ("ok", None)
+    crash: Exception | None = None
     if launch.is_main:
         try:
             outcome = ("ok", check())
         except GrpoR1Error as e:
             outcome = ("error", (type(e), str(e)))
+        except Exception as e:
+            crash, outcome = e, ("crash", f"{type(e).__name__}: {e}")
     outcome = agree(launch, outcome)
+    if outcome[0] == "crash":
+        if crash is not None:
+            raise crash
+        error = GrpoR1Error(f"rank 0 stopped with {outcome[1]} (its output has the traceback)")
+        error.on_every_process = True  # rank 0 shows its own
+        raise error
     if outcome[0] == "error":
         cls, message = outcome[1]
         error = cls(message)

@@ -4,6 +4,8 @@ and the global batch pinned to TRL's (two real processes: tests/train/test_two_p
 """
 
 
+import os
+
 import pytest
 
 from grpo_r1.errors import EngineError, ModelError, RecipeError
@@ -137,3 +139,55 @@ def test_effective_batch_is_trls_over_a_grid_of_shapes_and_process_counts(tmp_pa
     assert checked > 50 and refused > 50  # the grid exercises both sides of TRL's rule
     with pytest.raises(RecipeError, match="multiple of the global batch"):
         effective_batch({"per_device_train_batch_size": 4, "generation_batch_size": 6}, 2, 1)
+
+
+SHARE_SCRIPT = """
+import sys
+from grpo_r1.errors import GrpoR1Error
+from grpo_r1.launch import join, launch_from_env, on_main_then_share
+
+launch = launch_from_env(cpu=True)
+join(launch)
+
+def check():
+    raise ValueError("disk quota exceeded while planning")
+
+try:
+    on_main_then_share(launch, check)
+except GrpoR1Error as e:
+    print(f"rank {launch.rank}: GrpoR1Error: {e}", flush=True)
+    sys.exit(2)
+except ValueError as e:
+    print(f"rank {launch.rank}: ValueError: {e}", flush=True)
+    sys.exit(1)
+print(f"rank {launch.rank}: went on", flush=True)
+"""
+
+
+def test_an_unexpected_error_on_rank_0_stops_every_process(tmp_path):
+    """Before, only GrpoR1Error crossed to the other ranks: rank 1 waited in the broadcast for good."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", SHARE_SCRIPT], cwd=ROOT, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    outs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a process is still waiting for rank 0")
+        outs.append((proc.returncode, out))
+    assert outs[0] == (1, "rank 0: ValueError: disk quota exceeded while planning\n"), outs
+    assert outs[1] == (2, "rank 1: GrpoR1Error: rank 0 stopped with ValueError: disk quota exceeded while planning "
+                          "(its output has the traceback)\n"), outs
