@@ -13,6 +13,7 @@ transformers writes its own, so the bar stays at the bottom.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,12 +39,11 @@ def compact_line(logs: Mapping[str, Any], step: int, max_steps: int, seconds_per
     correct = correctness_rate(logs)
     if correct is not None:
         parts.append(f"correct {correct:.0%}")
-    if "kl" in logs:
-        parts.append(f"kl {float(logs['kl']):.3g}")
-    if "completions/mean_length" in logs:
-        parts.append(f"len {logs['completions/mean_length']:.0f}")
-    if "completions/clipped_ratio" in logs:
-        parts.append(f"trunc {logs['completions/clipped_ratio']:.0%}")
+    for key, label, spec in (("kl", "kl", ".3g"), ("completions/mean_length", "len", ".0f"),
+                             ("completions/clipped_ratio", "trunc", ".0%")):
+        if key in logs:
+            value = _real(logs[key])
+            parts.append(f"{label} {'nan' if value is None else format(value, spec)}")
     if seconds_per_step is not None:
         parts.append(f"{seconds_per_step:.1f} s/step")
         parts.append(f"ETA {format_duration(seconds_per_step * max(max_steps - step, 0))}")
@@ -54,7 +54,7 @@ def correctness_rate(logs: Mapping[str, Any]) -> float | None:
     """The share of completions the first correctness reward (a name with "correct" in it) paid, if logged."""
     for key, value in logs.items():
         if key.startswith("rewards/") and key.endswith(PAID_SUFFIX) and "correct" in key:
-            return float(value)
+            return _real(value)
     return None
 
 
@@ -66,8 +66,19 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _real(value: Any) -> float | None:
+    """A logged value as a finite float, or None (TRL logs None or NaN after a non-finite loss)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _number(value: Any) -> str:
-    value = float(value)
+    value = _real(value)
+    if value is None:
+        return "nan"
     return f"{value:.3g}" if abs(value) < 0.01 and value != 0 else f"{value:.2f}"
 
 

@@ -42,3 +42,12 @@ def test_summary_line_says_how_to_view_and_upload_an_offline_wandb_run(tmp_path:
     line = summary_line(tmp_path, tmp_path / "adapter", 1, 5.0, [{"reward": 0.5}], tmp_path / "recipe.yaml")
     assert line.endswith(f"W&B offline: view with wandb leet {tmp_path / 'wandb' / 'latest-run'}, "
                          f"upload with wandb sync {tmp_path / 'wandb'}/offline-run-*")
+
+
+def test_a_step_with_missing_or_non_finite_metrics_still_gets_its_line():
+    """After a NaN loss TRL logs None and NaN values (tests/train/test_guards_in_training.py): the line says nan."""
+    logs = {"reward": float("nan"), "rewards/a/mean": None, "rewards/b/mean": 0.5, "kl": None,
+            "completions/mean_length": float("nan"), "completions/clipped_ratio": 0.25,
+            "rewards/b_correct/paid_frac": None}
+    line = compact_line(logs, 3, 10, None)
+    assert line == "step 3/10  reward nan (a nan, b 0.50)  kl nan  len nan  trunc 25%"
