@@ -19,7 +19,7 @@ import sys
 from transformers.utils import logging as transformers_logging
 
 from grpo_r1.chatting import ChatSession, load_chat
-from grpo_r1.cli import run_command
+from grpo_r1.cli import positive_int, run_command
 
 EXIT_WORDS = ("exit", "quit")
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (runs/<name>), a checkpoint or an adapter")
     parser.add_argument("--question", "-q", action="append", help="ask this and exit (repeat for several)")
     parser.add_argument("--base", action="store_true", help="also show the base model's answer (adapter disabled)")
-    parser.add_argument("--max-new-tokens", type=_positive, metavar="N",
+    parser.add_argument("--max-new-tokens", type=positive_int, metavar="N",
                         help="longest answer in tokens (default the recipe's generation.max_completion_length)")
     parser.add_argument("--temperature", type=_temperature, default=0.0, metavar="T",
                         help="0 (the default) answers greedily; above 0 samples, with the recipe's top_p")
@@ -82,16 +82,6 @@ def _read_question(interactive: bool) -> str | None:
         return None
     line = line.strip()
     return None if not line or line.lower() in EXIT_WORDS else line
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _temperature(text: str) -> float:

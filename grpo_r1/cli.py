@@ -33,6 +33,17 @@ def recipe_parser(prog: str, doc: str | None,
     return parser
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of questions, samples, tokens)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe the parsed `recipe` and `overrides` arguments describe, every section checked, its
     `training:` against TRL too (RecipeError when it is wrong), for the commands that neither train

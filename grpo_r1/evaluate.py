@@ -9,12 +9,11 @@ model side by side, and writes eval.json (grpo_r1.evaluation says what each metr
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from transformers.utils import logging as transformers_logging
 
-from grpo_r1.cli import recipe_from_args, recipe_parser, run_command
+from grpo_r1.cli import positive_int, recipe_from_args, recipe_parser, run_command
 from grpo_r1.evaluation import default_output, evaluate
 
 
@@ -23,10 +22,10 @@ def main(argv: list[str] | None = None) -> int:
                            recipe_help="path of the recipe YAML file (a run folder's recipe.yaml works)")
     parser.add_argument("--adapter", help="a run folder or its adapter/ folder; without it the base model is evaluated")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
-    parser.add_argument("--limit", type=_positive, help="evaluate the first N questions only")
-    parser.add_argument("--samples", type=_positive, default=1, metavar="K",
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N questions only")
+    parser.add_argument("--samples", type=positive_int, default=1, metavar="K",
                         help="K > 1: also maj@K over K sampled completions")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="sequences generated together (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences generated together (default 8)")
     parser.add_argument("--seed", type=int, help="sampling seed (default the recipe's run.seed)")
     parser.add_argument("--out",
                         help="where to write eval.json (default: the run folder with --adapter, else ./eval.json)")
@@ -48,16 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run_command(body, progress="stderr")  # the table and eval.json path on stdout, progress on stderr
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 if __name__ == "__main__":
