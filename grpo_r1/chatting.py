@@ -175,23 +175,14 @@ class ChatSession:
         """Answer one question with the adapter (or, `base`, with the adapter disabled), handing the text
         to `on_text` piece by piece as it is generated (whole words; the pieces join to `Reply.text`)."""
         import torch
-        from transformers import GenerationConfig
 
-        from grpo_r1.engines.base import eos_token_ids
+        from grpo_r1.sampling import generation_config
 
-        limit = max_new_tokens or self.max_new_tokens
         temperature = self.temperature if temperature is None else temperature
-        stop_ids = list(eos_token_ids(self.model, self.tokenizer))
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop_ids[0]
-        sampling = temperature > 0  # transformers refuses temperature=0 with sampling: 0 means greedy
-        config = GenerationConfig(
-            max_new_tokens=limit,
-            do_sample=sampling,
-            eos_token_id=stop_ids,
-            pad_token_id=pad_id,
-            disable_compile=True,
-            **({"temperature": temperature, "top_p": self.recipe.generation.top_p, "top_k": 0} if sampling else {}),
-        )
+        sampling = temperature > 0
+        config, stop_ids = generation_config(self.model, self.tokenizer,
+                                             max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                             temperature=temperature, top_p=self.recipe.generation.top_p)
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([self.prompt_ids(question)], device=device)
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text is not None else None

@@ -96,6 +96,27 @@ def load_for_generation(recipe: Recipe, adapter: str | Path | None = None) -> tu
     return model, tokenizer
 
 
+def generation_config(model: Any, tokenizer: Any, *, max_new_tokens: int, temperature: float, top_p: float,
+                      num_samples: int = 1) -> tuple[Any, list[int]]:
+    """transformers' GenerationConfig for plain `generate` (no compile), and its stop token ids:
+    sampling at `temperature` with `top_p` and no top-k, or greedy when `temperature` is 0."""
+    from transformers import GenerationConfig
+
+    stop_ids = list(eos_token_ids(model, tokenizer))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+    sampling = temperature > 0  # transformers refuses temperature=0 with sampling: 0 means greedy
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        num_return_sequences=num_samples,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        disable_compile=True,
+        **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}),
+    )
+    return config, stop_ids
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -117,21 +138,12 @@ def generate(
     Returns one list per prompt, in order.
     """
     import torch
-    from transformers import GenerationConfig
 
     if num_samples > 1 and not do_sample:
         raise ValueError("several completions per prompt need do_sample=True; greedy decoding gives one")
-    stop_ids = list(eos_token_ids(model, tokenizer))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        num_return_sequences=num_samples,
-        eos_token_id=stop_ids,
-        pad_token_id=pad_id,
-        disable_compile=True,
-        **({"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}),
-    )
+    config, stop_ids = generation_config(model, tokenizer, max_new_tokens=max_new_tokens,
+                                         temperature=temperature if do_sample else 0.0, top_p=top_p,
+                                         num_samples=num_samples)
     encoded = [_prompt_ids(tokenizer, messages) for messages in prompts]
     per_batch = max(1, batch_size // num_samples)
     device = next(model.parameters()).device
@@ -140,7 +152,7 @@ def generate(
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]
         width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk], device=device)
+        input_ids = torch.tensor([[config.pad_token_id] * (width - len(ids)) + ids for ids in chunk], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config)
