@@ -16,8 +16,14 @@ Metrics, each over the evaluated questions:
 
 With `--adapter` the base model is evaluated too (unless `--no-base`) and both are printed side
 by side; eval.json then goes into the run folder, else to `--out` (default ./eval.json).
-Generation is transformers' `generate` whatever the recipe's training engine; the same seed
-gives the same numbers.
+
+Who samples is the recipe's `generation.engine` (or `engine=`): `hf` through transformers'
+`generate` in batches of 8 sequences; `hf-compiled` and `vllm` through the training engines
+(grpo_r1.engines), prompts tokenized as the trainer does, every question of a round of
+`batch_size` sequences (default 256) in one call, greedy at temperature 0; `unsloth` through
+`vllm`. The base model is the same model with its adapter disabled (hf, hf-compiled; the static
+decoder is rebuilt for it) or vLLM requests without the LoRA. Greedy answers agree across
+engines up to floating-point ties; the same seed gives the same numbers with one engine.
 
 The scoring functions (`score_completions`, `majority_vote`, `vote_metrics`) are pure and need
 no model.
@@ -29,23 +35,41 @@ import contextlib
 import dataclasses
 import json
 import logging
+import sys
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
 from grpo_r1.data import load_questions
-from grpo_r1.model import resolve_model_path
+from grpo_r1.engines import ENGINES, build_engine, check_engine, engine_settings
+from grpo_r1.errors import EngineError
+from grpo_r1.model import model_path, resolve_model_path
+from grpo_r1.prompts import tokenize_prompts
 from grpo_r1.recipe import Recipe
 from grpo_r1.run.folder import EVAL_FILE
-from grpo_r1.sampling import adapter_base_model, find_adapter_dir, generate, load_for_generation
+from grpo_r1.sampling import (
+    Completion,
+    adapter_base_model,
+    decoded_completion,
+    find_adapter_dir,
+    generate,
+    load_for_generation,
+)
 from rewards.correctness import gsm8k_correctness
 from rewards.format import soft_format, strict_format
 from rewards.parsing import answer_value, committed_answer, extract_answer, gold_number, last_number
 
 logger = logging.getLogger(__name__)
+
+HF_BATCH = 8  # sequences per batch of transformers' generate (engine hf)
+ENGINE_ROUND = 256  # sequences per round of an engine (hf-compiled, vllm)
 
 # Row labels of the printed table, in order; maj@K rows are added when K > 1.
 LABELS = {
@@ -158,9 +182,14 @@ class EvalReport:
     settings: dict[str, Any]
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # "base"/"adapter" -> metric -> value
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # "base"/"adapter" -> wall seconds spent sampling
+    # "base"/"adapter" -> wall seconds of each batch (hf) or round (engines), greedy then sampled: the first
+    # round of a compiled engine includes its compile
+    round_seconds: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"settings": self.settings, "metrics": self.metrics, "records": self.records}
+        return {"settings": self.settings, "metrics": self.metrics, "seconds": self.seconds,
+                "round_seconds": self.round_seconds, "records": self.records}
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -197,9 +226,10 @@ def evaluate(
     split: str = "test",
     limit: int | None = None,
     samples: int = 1,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     seed: int | None = None,
     compare_base: bool = True,
+    engine: str | None = None,
 ) -> EvalReport:
     """Evaluate the recipe's model (with the adapter at `adapter` when given) on `split` of its data.
 
@@ -209,25 +239,29 @@ def evaluate(
         split: the dataset split (the arithmetic source gives "test" its own problems).
         limit: evaluate the first `limit` questions only.
         samples: K > 1 adds maj@K over K completions sampled with the recipe's temperature and top_p.
-        batch_size: sequences generated together.
+        batch_size: sequences generated together: a batch of transformers' generate (engine hf,
+            default 8) or one engine round (default ENGINE_ROUND).
         seed: sampling seed (default the recipe's run.seed).
         compare_base: with an adapter, evaluate the base model too.
+        engine: who samples (default the recipe's generation.engine): "hf" (transformers'
+            generate), "hf-compiled" or "vllm" (the training engines, greedy at temperature 0);
+            "unsloth" samples through "vllm" here.
 
-    Progress is logged (one line per model evaluated).
+    Progress: a bar per model and pass on stderr, and one logged line per model.
     """
-    if samples < 1 or batch_size < 1 or (limit is not None and limit < 1):
+    if samples < 1 or (batch_size is not None and batch_size < 1) or (limit is not None and limit < 1):
         raise ValueError(f"samples, batch_size and limit must be at least 1, got {samples}, {batch_size}, {limit}")
     seed = recipe.run.seed if seed is None else seed
     gen = recipe.generation
+    kind = evaluation_engine(engine or gen.engine)
+    batch_size = batch_size or (HF_BATCH if kind == "hf" else ENGINE_ROUND)
     questions = load_questions(dataclasses.replace(recipe.data, limit=None), seed=recipe.run.seed, split=split)
     if limit is not None and limit < len(questions):
         questions = questions.select(range(limit))
-    if gen.engine != "hf":
-        logger.info("note: evaluation uses HF generation (transformers generate), "
-                    "not the recipe's %r engine", gen.engine)
     adapter_dir = find_adapter_dir(adapter) if adapter is not None else None
+    model_cfg = recipe.model
     settings = {
-        "model": recipe.model.name_or_path,
+        "model": f"{model_cfg.architecture} (random init)" if model_cfg.init == "random" else model_cfg.name_or_path,
         "adapter": str(adapter_dir) if adapter_dir else None,
         "data_source": recipe.data.source,
         "split": split,
@@ -237,44 +271,183 @@ def evaluate(
         "max_new_tokens": gen.max_completion_length,
         "temperature": gen.temperature,
         "top_p": gen.top_p,
+        "engine": kind,
+        "batch_size": batch_size,
     }
     trained_on = adapter_base_model(adapter_dir) if adapter_dir is not None else None
     if trained_on and Path(trained_on).name != Path(resolve_model_path(recipe.model.name_or_path)).name:
         logger.info("note: the adapter was trained on %r; evaluating it on %r", trained_on, recipe.model.name_or_path)
-    model, tokenizer = load_for_generation(recipe, adapter_dir)
-    runs: list[tuple[str, Any]] = []
-    if adapter_dir is None or compare_base:
-        runs.append(("base", model.disable_adapter() if adapter_dir is not None else contextlib.nullcontext()))
-    if adapter_dir is not None:
-        runs.append(("adapter", contextlib.nullcontext()))
-
+    if kind != "hf":
+        check_engine(dataclasses.replace(engine_settings(recipe), engine=kind), recipe.model.name_or_path)
+    model, tokenizer = load_for_generation(recipe, adapter_dir, device="cpu" if kind == "vllm" else None)
+    names = (["base"] if adapter_dir is None or compare_base else []) + (["adapter"] if adapter_dir else [])
+    prompts = questions["prompt"]
+    sampler = (_HFSampler(model, tokenizer, recipe, prompts, batch_size, seed) if kind == "hf" else
+               _EngineSampler(model, tokenizer, recipe, prompts, kind, batch_size, seed,
+                              with_adapter=adapter_dir is not None))
     report = EvalReport(settings=settings)
-    prompts, golds = questions["prompt"], questions["answer"]
+    golds = questions["answer"]
     sampling = f", then {samples} samples each" if samples > 1 else ""
-    for name, context in runs:
-        logger.info("evaluating %s on %d questions (greedy%s)", name, len(prompts), sampling)
-        with context:
-            greedy, sampled = _generate_all(model, tokenizer, prompts, gen, samples, batch_size, seed)
-        metrics = score_completions([c.text for c in greedy], golds, [c.num_tokens for c in greedy],
-                                    [c.truncated for c in greedy])
-        if sampled is not None:
-            metrics.update(vote_metrics([[c.text for c in group] for group in sampled], golds))
-        report.metrics[name] = metrics
-        report.records[name] = _records(questions["question"], golds, greedy, sampled)
+    try:
+        for name in names:
+            logger.info("evaluating %s on %d questions with engine %s (greedy%s)", name, len(golds), kind, sampling)
+            started = time.perf_counter()
+            sampler.round_seconds.clear()
+            with sampler.serving(base=name == "base" and adapter_dir is not None):
+                greedy = [group[0] for group in sampler.complete(1, f"{name} greedy")]
+                sampled = sampler.complete(samples, f"{name} {samples} samples") if samples > 1 else None
+            report.seconds[name] = round(time.perf_counter() - started, 3)
+            report.round_seconds[name] = list(sampler.round_seconds)
+            logger.info("%s: sampled in %.1f s", name, report.seconds[name])
+            metrics = score_completions([c.text for c in greedy], golds, [c.num_tokens for c in greedy],
+                                        [c.truncated for c in greedy])
+            if sampled is not None:
+                metrics.update(vote_metrics([[c.text for c in group] for group in sampled], golds))
+            report.metrics[name] = metrics
+            report.records[name] = _records(questions["question"], golds, greedy, sampled)
+    finally:
+        sampler.close()
     return report
 
 
-def _generate_all(model: Any, tokenizer: Any, prompts: Sequence[Any], gen: Any, samples: int, batch_size: int,
-                  seed: int) -> tuple[list[Any], list[list[Any]] | None]:
-    """One greedy completion per prompt and, when samples > 1, that many sampled ones."""
-    limit = gen.max_completion_length
-    greedy = [outs[0] for outs in generate(model, tokenizer, prompts, max_new_tokens=limit, batch_size=batch_size,
-                                           seed=seed)]
-    if samples == 1:
-        return greedy, None
-    sampled = generate(model, tokenizer, prompts, max_new_tokens=limit, num_samples=samples, do_sample=True,
-                       temperature=gen.temperature, top_p=gen.top_p, batch_size=batch_size, seed=seed)
-    return greedy, sampled
+def evaluation_engine(name: str) -> str:
+    """The engine evaluation samples with for `name` (the recipe's generation.engine or --engine).
+
+    "unsloth" becomes "vllm": Unsloth's fast_inference is a vLLM sharing the trainer's weights,
+    and with no trainer to share them with, the vllm engine (base model + the adapter as a vLLM
+    LoRA) samples the same way.
+    """
+    if name not in ENGINES:
+        raise EngineError(f"the evaluation engine must be one of {', '.join(ENGINES)}; got {name!r}")
+    if name == "unsloth":
+        logger.info("note: evaluation samples an unsloth recipe through the vllm engine "
+                    "(the base model in vLLM, the adapter as a vLLM LoRA)")
+        return "vllm"
+    return name
+
+
+def balanced_rounds(count: int, per_round: int) -> tuple[int, list[range]]:
+    """Split `count` items into the fewest rounds of at most `per_round`, all of one size (the last one
+    may be shorter: padded up to that size by the caller, so a compiled engine sees one shape).
+
+    Returns (the round size, the item ranges).
+    """
+    if count < 1 or per_round < 1:
+        raise ValueError(f"balanced_rounds needs at least one item and one per round, got {count}, {per_round}")
+    rounds = -(-count // per_round)
+    size = -(-count // rounds)
+    return size, [range(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+class _HFSampler:
+    """Completions of the chat `prompts` through transformers' generate (grpo_r1.sampling), in batches of
+    `batch_size` sequences."""
+
+    def __init__(self, model: Any, tokenizer: Any, recipe: Recipe, prompts: Sequence[Any], batch_size: int,
+                 seed: int) -> None:
+        self.model, self.tokenizer, self.gen, self.prompts = model, tokenizer, recipe.generation, prompts
+        self.batch_size, self.seed = batch_size, seed
+        self.round_seconds: list[float] = []
+
+    def serving(self, *, base: bool) -> contextlib.AbstractContextManager:
+        """`base`: the model with its adapter disabled (PEFT), else the model as loaded."""
+        return self.model.disable_adapter() if base else contextlib.nullcontext()
+
+    def complete(self, count: int, label: str) -> list[list[Completion]]:
+        """`count` completions per prompt: greedy when count is 1, else sampled."""
+        with _Progress(len(self.prompts), label, self.round_seconds) as bar:
+            return generate(self.model, self.tokenizer, self.prompts, max_new_tokens=self.gen.max_completion_length,
+                            num_samples=count, do_sample=count > 1, temperature=self.gen.temperature,
+                            top_p=self.gen.top_p, batch_size=self.batch_size, seed=self.seed, on_batch=bar.update)
+
+    def close(self) -> None:
+        """Nothing to free: the model goes when the caller drops it."""
+
+
+class _EngineSampler:
+    """Completions of the chat `prompts` through a training engine (hf-compiled, vllm): tokenized as the
+    trainer does, every prompt of a round of `batch_size` sequences in one `generate` call, greedy at
+    temperature 0."""
+
+    def __init__(self, model: Any, tokenizer: Any, recipe: Recipe, prompts: Sequence[Any], kind: str,
+                 batch_size: int, seed: int, *, with_adapter: bool) -> None:
+        self.model, self.tokenizer, self.gen = model, tokenizer, recipe.generation
+        self.batch_size, self.seed = batch_size, seed
+        self.round_seconds: list[float] = []
+        # As the trainer tokenizes them (grpo_r1.trainer.rollout): the tokenizer's chat template, TRL's kwargs.
+        self.prompt_ids = tokenize_prompts(tokenizer, prompts,
+                                           chat_template_kwargs=recipe.training.get("chat_template_kwargs"))
+        settings = dataclasses.replace(
+            engine_settings(recipe), engine=kind, temperature=0.0, top_p=1.0,
+            merged_weights=recipe.generation.merged_weights and kind == "hf-compiled",
+            max_lora_rank=None if with_adapter else recipe.lora.r,  # None: the adapter's own rank
+        )
+        self.engine = build_engine(
+            settings, model, tokenizer, base_model_dir=model_path(recipe.model),
+            llm_kwargs=None if with_adapter or kind != "vllm" else {"enable_lora": False},
+            prompt_width=max(len(ids) for ids in self.prompt_ids),
+        )
+
+    @contextlib.contextmanager
+    def serving(self, *, base: bool) -> Iterator[None]:
+        """`base`: the engine samples the base model (adapter left out), else the model's adapter. A model
+        loaded without an adapter is always sampled as the base."""
+        if base or not hasattr(self.model, "peft_config"):
+            self.engine.serve_base(self.model)
+        else:
+            self.engine.sync(self.model, 0)
+        yield
+
+    def complete(self, count: int, label: str) -> list[list[Completion]]:
+        """`count` completions per prompt: greedy (temperature 0) when count is 1, else sampled with the
+        recipe's temperature and top_p."""
+        prompt_ids = self.prompt_ids
+        greedy = count == 1
+        self.engine.set_sampling(dataclasses.replace(
+            self.engine.sampling, temperature=0.0 if greedy else self.gen.temperature,
+            top_p=1.0 if greedy else self.gen.top_p))
+        torch.manual_seed(self.seed)
+        size, rounds = balanced_rounds(len(prompt_ids), max(1, self.batch_size // count))
+        out: list[list[Completion]] = []
+        with _Progress(len(prompt_ids), label, self.round_seconds) as bar:
+            for items in rounds:
+                chunk = [prompt_ids[i] for i in items]
+                padded = chunk + [chunk[-1]] * (size - len(chunk))  # one shape for every round: one compile
+                groups = self.engine.generate(padded, [count] * len(padded))[:len(chunk)]
+                out.extend([self._decoded(c) for c in group] for group in groups)
+                bar.update(len(chunk))
+        return out
+
+    def _decoded(self, completion: Any) -> Completion:
+        return decoded_completion(self.tokenizer, completion.token_ids, truncated=completion.finish_reason != "stop")
+
+    def close(self) -> None:
+        """Close the engine (vLLM frees its memory and its torch.distributed group)."""
+        self.engine.close()
+
+
+class _Progress:
+    """A progress bar on stderr counting questions (the table goes to stdout) that also appends each
+    update's wall seconds (one batch or round) to `rounds`."""
+
+    def __init__(self, total: int, label: str, rounds: list[float]) -> None:
+        self.rounds = rounds
+        self._bar = tqdm(total=total, desc=label, unit="question", file=sys.stderr, mininterval=1.0,
+                         dynamic_ncols=True)
+        self._last = time.perf_counter()
+
+    def update(self, questions: int) -> None:
+        """`questions` more are done: one more batch or round."""
+        now = time.perf_counter()
+        self.rounds.append(round(now - self._last, 3))
+        self._last = now
+        self._bar.update(questions)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()
 
 
 def _records(questions: Sequence[str], golds: Sequence[str], greedy: Sequence[Any],

@@ -9,15 +9,15 @@ Prompts are chat messages, rendered with the tokenizer's chat template as the tr
 them, left-padded into batches, and generated until an end-of-sequence token or
 `max_new_tokens`. Each completion comes back with its token count (the EOS token included, as
 TRL counts `completions/mean_length`) and whether it was cut off before an EOS (TRL's
-`completions/clipped_ratio`). Generation here is always transformers' `generate`, whatever
-engine the recipe trains with.
+`completions/clipped_ratio`). Generation here is always transformers' `generate`; evaluation
+samples through the recipe's engine instead unless it is `hf` (grpo_r1.evaluation).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,15 @@ def adapter_base_model(adapter_dir: Path) -> str | None:
         return None
 
 
-def load_for_generation(recipe: Recipe, adapter: str | Path | None = None) -> tuple[Any, Any]:
+def load_for_generation(recipe: Recipe, adapter: str | Path | None = None,
+                        device: str | None = None) -> tuple[Any, Any]:
     """The recipe's base model (with the LoRA adapter at `adapter` when given) and its tokenizer, ready to generate.
 
     Always the transformers backend: Unsloth is only needed to train. 4-bit loading is kept
-    when the recipe asks for it (a CUDA GPU with bitsandbytes). The model is put on the GPU
-    when there is one, in eval mode. With an adapter the result is a `peft.PeftModel`; use
-    `model.disable_adapter()` as a context manager to generate from the base model with it.
+    when the recipe asks for it (a CUDA GPU with bitsandbytes). The model is put on `device`
+    (default: the GPU when there is one, else the CPU; a 4-bit model stays where it loaded), in
+    eval mode. With an adapter the result is a `peft.PeftModel`; use `model.disable_adapter()`
+    as a context manager to generate from the base model with it.
     """
     import torch
 
@@ -81,7 +83,7 @@ def load_for_generation(recipe: Recipe, adapter: str | Path | None = None) -> tu
     adapter_dir = find_adapter_dir(adapter) if adapter is not None else None
     model, tokenizer, path = load_base_model(base_recipe)
     if not model_cfg.load_in_4bit:
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -129,12 +131,14 @@ def generate(
     top_p: float = 1.0,
     batch_size: int = 8,
     seed: int = 0,
+    on_batch: Callable[[int], Any] | None = None,
 ) -> list[list[Completion]]:
     """`num_samples` completions for each chat prompt, generated in left-padded batches.
 
     Greedy decoding unless `do_sample` (then `temperature` and `top_p` apply, and `seed` makes
     the samples repeatable). `batch_size` counts sequences: a batch holds
     `max(1, batch_size // num_samples)` prompts, each with its `num_samples` completions.
+    `on_batch(n)` is called after each batch with the number of prompts it finished (a progress bar's `update`).
     Returns one list per prompt, in order.
     """
     import torch
@@ -160,6 +164,8 @@ def generate(
         for index in range(len(chunk)):
             rows = generated[index * num_samples:(index + 1) * num_samples]
             results.append([_completion(tokenizer, row, stop_ids) for row in rows])
+        if on_batch is not None:
+            on_batch(len(chunk))
     return results
 
 
@@ -175,5 +181,11 @@ def _completion(tokenizer: Any, ids: list[int], stop_ids: list[int]) -> Completi
     """Cut generated ids after the first EOS (the rest is padding) and decode them."""
     end = next((i for i, token in enumerate(ids) if token in stop_ids), None)
     kept = ids if end is None else ids[:end + 1]
-    text = tokenizer.decode(kept, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return Completion(text=text, num_tokens=len(kept), truncated=end is None)
+    return decoded_completion(tokenizer, kept, truncated=end is None)
+
+
+def decoded_completion(tokenizer: Any, ids: Sequence[int], *, truncated: bool) -> Completion:
+    """A completion's token ids (its end token included, when it has one) as a Completion: the
+    text without special tokens, the token count as TRL counts it, and whether it was cut off."""
+    text = tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return Completion(text=text, num_tokens=len(ids), truncated=truncated)

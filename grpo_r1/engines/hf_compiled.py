@@ -26,12 +26,16 @@ the loop ends when all have ended). The log-probability of every sampled token (
 sampling temperature) is recorded on the way, so TRL's
 `sampling/sampling_logp_difference` compares the sampling kernels with the training forward.
 
+At temperature 0 (evaluation) every row is decoded greedily instead, its logprobs at temperature 1.
+`serve_base(model)` samples the model with its LoRA adapter disabled, until the next `sync`.
+
 On a CPU there are no CUDA graphs: the engine runs the same code eagerly, which is what the
 tests exercise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -104,6 +108,13 @@ class CompiledHFEngine(Engine):
         self._mark_served(model, version)
         return True
 
+    def serve_base(self, model: Any) -> None:
+        """Sample `model` with its adapter disabled (PEFT's `disable_adapter()` around each round) until the
+        next `sync`. The static decoder sees the change (other tensors) and is rebuilt for the base, and
+        again for the adapter afterwards. A model without an adapter is its own base."""
+        self.model = model
+        self._base_only = True
+
     def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[Completion]]:
         """`counts[i]` completions of `prompt_ids[i]`, all sampled in one batch."""
         if len(prompt_ids) != len(counts):
@@ -120,17 +131,24 @@ class CompiledHFEngine(Engine):
         for i, ids in enumerate(rows):
             input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention_mask[i, width - len(ids):] = 1
-        decoder = self._static_decoder(len(rows), width)
-        if decoder is not None:
-            new_tokens, logprobs = decoder.sample(input_ids, attention_mask, max_new)
-        else:
-            new_tokens, logprobs = self._generate(input_ids, attention_mask, max_new)
+        with self._adapter_context():
+            decoder = self._static_decoder(len(rows), width)
+            if decoder is not None:
+                new_tokens, logprobs = decoder.sample(input_ids, attention_mask, max_new)
+            else:
+                new_tokens, logprobs = self._generate(input_ids, attention_mask, max_new)
         completions = self._cut_at_stop(new_tokens.cpu(), logprobs.cpu())
         groups, start = [], 0
         for count in counts:
             groups.append(completions[start:start + int(count)])
             start += int(count)
         return groups
+
+    def _adapter_context(self) -> contextlib.AbstractContextManager:
+        """PEFT's `disable_adapter()` while the base is served (see `serve_base`), else nothing."""
+        if self._base_only and hasattr(self.model, "disable_adapter"):
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()
 
     @property
     def uses_static_decoder(self) -> bool:
@@ -142,7 +160,11 @@ class CompiledHFEngine(Engine):
         if self.decoder_choice == "generate" or self.fallback_reason is not None:
             return None
         old = self._decoder
-        if old is not None and (old.batch, old.width) == (batch, width) and old.model is self.model and not old.stale():
+        sampling = self.sampling
+        same_shape = old is not None and (old.batch, old.width, old.max_new) == (
+            batch, width, sampling.max_completion_length)
+        same_sampling = old is not None and (old.temperature, old.top_p) == (sampling.temperature, sampling.top_p)
+        if same_shape and same_sampling and old.model is self.model and not old.stale():
             return old
         self._decoder = None
         if old is not None:
@@ -167,10 +189,11 @@ class CompiledHFEngine(Engine):
 
     def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   max_new: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """transformers' generate with a static cache (compiled on a GPU): tokens and logprobs."""
+        """transformers' generate with a static cache (compiled on a GPU): tokens and logprobs
+        (greedy at temperature 0, its logprobs then at temperature 1)."""
         width = input_ids.shape[1]
         device = next(self.model.parameters()).device
-        recorder = SampledLogprobs(self.sampling.temperature)
+        recorder = SampledLogprobs(1.0 if self.sampling.greedy else self.sampling.temperature)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -190,12 +213,12 @@ class CompiledHFEngine(Engine):
         from transformers import CompileConfig, GenerationConfig
 
         stop = list(self.sampling.stop_token_ids)
+        # transformers' default top_k=50 would sample from a different distribution than the trainer scores
+        sampling = ({"do_sample": False} if self.sampling.greedy else
+                    {"do_sample": True, "temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
+                     "top_k": 0})
         return GenerationConfig(
-            do_sample=True,
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
-            # transformers' default top_k=50 would sample from a different distribution than the trainer scores
-            top_k=0,
+            **sampling,
             max_new_tokens=max_new_tokens,
             eos_token_id=stop or None,
             pad_token_id=self.pad_token_id,

@@ -349,6 +349,8 @@ class StaticDecoder:
     Build one per (batch, width, max_new) shape and call `sample` for every round: the CUDA
     graph is captured on the first call and replayed after. `sample` checks that the weights
     still live where the graph reads them (`stale()`): if not, build a new decoder.
+    `temperature` 0 decodes greedily (argmax; the recorded logprobs are then at temperature 1,
+    and `top_p` is ignored).
     """
 
     def __init__(self, model: Any, *, batch: int, width: int, max_new: int, temperature: float, top_p: float,
@@ -518,16 +520,13 @@ class StaticDecoder:
 
     # -- sampling -----------------------------------------------------------------------------------------------
     def _choose(self, logits: torch.Tensor) -> None:
-        """Sample each row's next token from softmax(logits / T) (top-p filtered), record it, advance the state."""
-        scaled = logits / self.temperature
-        logprobs = torch.log_softmax(scaled, dim=-1)
-        probs = logprobs.exp()
-        if self.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            drop = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p  # keep the smallest prefix reaching top_p
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
-        # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i / sum(p).
-        choice = (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1)
+        """Sample each row's next token from softmax(logits / T) (top-p filtered), record it, advance the state.
+        At temperature 0 the token is the argmax of the logits instead, its logprob at temperature 1."""
+        if self.temperature == 0:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            choice = logits.argmax(dim=-1)
+        else:
+            choice, logprobs = self._sample(logits)
         chosen_logprob = logprobs.gather(-1, choice[:, None]).squeeze(-1)
         column = (self.position - self.width).clamp(min=0).view(1)
         choice = torch.where(self.finished, torch.full_like(choice, self.pad_token_id), choice)
@@ -536,6 +535,17 @@ class StaticDecoder:
         self.out_logprobs.index_copy_(1, column, chosen_logprob[:, None])
         self.finished |= torch.isin(choice, self.stop_ids)
         self.token.copy_(choice)
+
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's token drawn from softmax(logits / T) after the top-p cut, and log_softmax(logits / T)."""
+        logprobs = torch.log_softmax(logits / self.temperature, dim=-1)
+        probs = logprobs.exp()
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            drop = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p  # keep the smallest prefix reaching top_p
+            probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+        # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i / sum(p).
+        return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1), logprobs
 
     def _step(self) -> None:
         """One token: the model at the current position, then sampling; the position moves on by one."""

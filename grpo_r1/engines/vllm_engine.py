@@ -173,15 +173,23 @@ class VLLMEngine(Engine):
             shutil.rmtree(old.lora_path, ignore_errors=True)
         return True
 
+    def serve_base(self, model: Any) -> None:
+        """Send the next requests without a LoRA, so vLLM samples its base weights, until the next `sync`
+        (a loaded adapter stays loaded). `model` is not read: vLLM holds the base itself."""
+        self._base_only = True
+
     # --------------------------------------------------------------- sampling
     def generate(self, prompt_ids: Sequence[Sequence[int]], counts: Sequence[int]) -> list[list[Completion]]:
-        params, inputs = vllm_requests("vllm", self._lora is not None, self.sampling, self._sampling_params_cls,
-                                       prompt_ids, counts)
+        """`counts[i]` completions of `prompt_ids[i]` with the served adapter (or the base: `serve_base`);
+        temperature 0 decodes greedily, with temperature-1 logprobs."""
+        params, inputs = vllm_requests("vllm", self._lora is not None or self._base_only, self.sampling,
+                                       self._sampling_params_cls, prompt_ids, counts)
         if not inputs:
             return []
+        lora = None if self._base_only else self._lora
         self._wake()
         try:
-            outputs = self.llm.generate(inputs, params, lora_request=self._lora, use_tqdm=False)
+            outputs = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=False)
         finally:
             self._sleep()
         return completions_from_vllm(outputs, counts)

@@ -58,12 +58,16 @@ def vllm_requests(engine: str, has_adapter: bool, sampling: SamplingSettings, pa
 
     `params_cls` is vLLM's SamplingParams (passed in so this module never imports vLLM).
     Each prompt asks for `count` samples; vLLM returns the sampled token's own logprob and no
-    text (TRL decodes the ids itself).
+    text (TRL decodes the ids itself). Temperature 0 is vLLM's greedy decoding (one completion
+    per prompt; its logprobs are at temperature 1).
     """
     if not has_adapter:
         raise EngineError(f"the {engine} engine has no adapter yet: call sync(model, version) before generate")
     if len(prompt_ids) != len(counts):
         raise EngineError(f"generate got {len(prompt_ids)} prompts but {len(counts)} counts")
+    if sampling.greedy and any(int(count) > 1 for count in counts):
+        raise EngineError(f"the {engine} engine decodes greedily (temperature 0), which gives one completion per "
+                          f"prompt; ask for counts of 1 or sample with a temperature above 0")
     params = [
         params_cls(
             n=int(count),

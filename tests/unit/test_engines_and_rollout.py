@@ -145,7 +145,7 @@ def test_build_engine_rejects_unknown_kind():
 
 def test_sampling_settings_name_the_fix():
     with pytest.raises(EngineError, match="temperature"):
-        SamplingSettings(max_completion_length=8, max_seq_length=64, temperature=0.0)
+        SamplingSettings(max_completion_length=8, max_seq_length=64, temperature=-1.0)
     with pytest.raises(EngineError, match="raise max_seq_length"):
         SamplingSettings(max_completion_length=64, max_seq_length=64)
     with pytest.raises(EngineError, match="does not fit model.max_seq_length=64"):
