@@ -270,5 +270,7 @@ def restore_grpo_state(trainer: Any, checkpoint: Path) -> None:
     trl_private.set_micro_step(trainer, marker["grpo_micro_step"])
     buffer = Path(checkpoint) / BUFFER_FILE.format(rank=trainer.accelerator.process_index)
     if buffer.is_file():
-        trl_private.set_buffered_inputs(trainer, torch.load(buffer, map_location=trainer.accelerator.device,
-                                                            weights_only=False))
+        device = trainer.accelerator.device
+        # torch.load cannot map to "cpu:0", accelerate's device for each of several CPU processes
+        where = "cpu" if device.type == "cpu" else device
+        trl_private.set_buffered_inputs(trainer, torch.load(buffer, map_location=where, weights_only=False))

@@ -16,6 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from grpo_r1.engines import Engine
 from grpo_r1.recipe import Recipe
+from grpo_r1.trainer import trl_private
 from grpo_r1.trainer.rollout import RolloutFunc, make_rollout_func
 from grpo_r1.trainer.timing import StepTimer, install_step_timer
 
@@ -52,6 +53,9 @@ def build_trainer(
     # names "[None]", and offline it asks W&B for the run's URL, which warns at each save. The run's
     # own card is written with the adapter (grpo_r1.run.model_card).
     trainer.create_model_card = _no_checkpoint_card
+    if args.world_size > 1 and args.device.type == "cpu" and not (trainer.is_fsdp_enabled
+                                                                   or trainer.is_deepspeed_enabled):
+        trl_private.load_resumed_optimizer_on_the_cpu(trainer)
     return trainer, install_step_timer(trainer)
 
 

@@ -15,11 +15,13 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
     generation_kwargs                          one generation round on demand (the preflight)
     use_vllm, vllm_generation, _last_loaded_step,
     vllm_importance_sampling_correction        TRL's engine-logprob path, turned on for our engines
+    _load_optimizer_and_scheduler              (transformers' Trainer) a resume on several CPU processes
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -162,3 +164,27 @@ def use_engine_logprobs(trainer: Any, sync_hook: Any) -> None:
     trainer.use_vllm = True
     trainer.vllm_generation = sync_hook
     trainer._last_loaded_step = trainer.state.global_step  # the hook syncs right after this
+
+
+def load_resumed_optimizer_on_the_cpu(trainer: Any) -> None:
+    """Resume the optimizer and LR scheduler of a run of several CPU processes (gloo).
+
+    transformers 5.17 loads a checkpoint's optimizer.pt with `map_location=args.device` when there
+    is more than one process; on CPU processes accelerate's device is `cpu:0`, which torch.load
+    cannot map to ("don't know how to restore data location ... (tagged with cpu:0)"), so every
+    such resume failed. Installed only for that case: the states are loaded onto the CPU, as
+    transformers does for one process. Anything else (no checkpoint, missing files) goes to
+    transformers' own method.
+    """
+    original = trainer._load_optimizer_and_scheduler
+
+    def load(checkpoint: str | None) -> None:
+        optimizer_file = os.path.join(checkpoint, "optimizer.pt") if checkpoint else ""
+        scheduler_file = os.path.join(checkpoint, "scheduler.pt") if checkpoint else ""
+        if not (os.path.isfile(optimizer_file) and os.path.isfile(scheduler_file)):
+            return original(checkpoint)
+        trainer.optimizer.load_state_dict(torch.load(optimizer_file, map_location="cpu", weights_only=True))
+        trainer.lr_scheduler.load_state_dict(torch.load(scheduler_file, map_location="cpu", weights_only=True))
+        return None
+
+    trainer._load_optimizer_and_scheduler = load
