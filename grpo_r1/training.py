@@ -99,6 +99,7 @@ def _train(recipe: Recipe, folder: RunFolder, *, overwrite: bool, resume: str | 
         raise RecipeError("--resume continues a run and --overwrite replaces it; pass only one of them")
     batch = _alike_everywhere(lambda: check_training(recipe, processes=launch.world_size))
     dataset, reward_funcs = prepare_data(recipe)
+    batch.check_fits(len(dataset))
     check_machine(recipe)
     launch = start_processes(recipe, launch)
     plan = plan_run(recipe, launch, resume=resume, recipe_name=recipe_name, overwrite=overwrite)

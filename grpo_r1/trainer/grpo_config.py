@@ -89,6 +89,23 @@ class EffectiveBatch:
         """Completions per optimizer step: per_device x processes x gradient_accumulation_steps."""
         return self.per_device * self.processes * self.accumulation
 
+    @property
+    def questions_per_round(self) -> int:
+        """Distinct questions one generation round samples (each num_generations times)."""
+        return self.generation_batch // self.num_generations
+
+    def check_fits(self, questions: int) -> None:
+        """Raise RecipeError when the data holds fewer questions than one generation round takes: TRL's
+        sampler only yields whole rounds, so the run would end at step 0 having trained nothing."""
+        if questions >= self.questions_per_round:
+            return
+        raise RecipeError(
+            f"the training data has {questions} question{'' if questions == 1 else 's'} but one generation round "
+            f"takes {self.questions_per_round} ({self.generation_batch} completions / {self.num_generations} "
+            f"generations over {self.processes} process{'es' if self.processes > 1 else ''}), so no step would "
+            f"run; use more data (data.limit, data.arithmetic_examples or a larger data.source) or sample fewer "
+            f"per round (training.per_device_train_batch_size, training.steps_per_generation)")
+
     def describe(self) -> str:
         questions = self.per_step / self.num_generations
         text = (f"effective batch {self.per_step} completions per optimizer step = {self.per_device} per device x "

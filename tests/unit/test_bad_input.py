@@ -137,6 +137,8 @@ CASES = [
     Case("data-folder-without-split", ["data.source={tmp}/gsm8k", "data.split=test"], ["'test'", "data.split"],
          files={"gsm8k/train.jsonl": json.dumps(GOOD_ROW) + "\n"}),
     Case("data-limit-zero", ["data.limit=0"], ["'data.limit'", "at least 1"]),
+    Case("data-smaller-than-a-round", ["data.limit=1", "training.per_device_train_batch_size=4"],
+         ["1 question", "takes 2", "data.limit", "training.per_device_train_batch_size"]),
     # --- the rewards
     Case("reward-builtin-misspelt", ["rewards=[gsm8k_corectness]"],
          ["'gsm8k_corectness'", "did you mean 'gsm8k_correctness'"]),
