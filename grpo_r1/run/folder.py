@@ -29,7 +29,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from grpo_r1.errors import RecipeError, StorageError
-from grpo_r1.run.checkpoints import complete_checkpoints
+from grpo_r1.run.checkpoints import all_checkpoints, complete_checkpoints, is_complete
 
 RECIPE_FILE = "recipe.yaml"  # the recipe as run: every default and override filled in
 EVAL_FILE = "eval.json"  # what python -m grpo_r1.evaluate --adapter RUN_DIR writes (grpo_r1.evaluation)
@@ -87,6 +87,9 @@ class RunFolder(TrainerCallback):
             outcome = (f"what was saved before stays in it, complete checkpoints included ({', '.join(saved)}): once "
                        f"there is room, continue with --resume {self.path}" if saved
                        else "what was saved before stays in it")
+            cut_short = [p.name for p in all_checkpoints(self.path) if not is_complete(p)]
+            if cut_short:  # the error itself may not say (safetensors' does not name its file)
+                outcome = f"{', '.join(cut_short)} was cut short (a resume skips it); {outcome}"
         else:
             outcome = "the run had not started, so what it wrote there was removed"
         return StorageError(

@@ -4,11 +4,13 @@ again, and a disk that fills while a checkpoint is saved keeps the earlier one."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +136,54 @@ def test_disk_full_when_saving_keeps_the_earlier_checkpoint(tmp_path):
     assert earlier and now == earlier, "checkpoint-1 changed after the disk filled"
     assert is_complete(checkpoint_1) and not is_complete(run_dir / "checkpoints" / "checkpoint-2")
     assert (run_dir / "metrics.jsonl").is_file(), "the run's metrics so far are kept"
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, megabytes: int):
+    """A real filesystem of `megabytes` MiB at `path` (a tmpfs): skipped where this machine refuses to mount one."""
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({(proc.stderr or proc.stdout).strip()}): the real full disk is "
+                    "shown where the tests run as root with mounting allowed; the injected one above runs everywhere")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def resize(path: Path, megabytes: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(path)], check=True)
+
+
+def used_mb(path: Path) -> float:
+    stat = os.statvfs(path)
+    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize / 2**20
+
+
+def test_a_real_full_disk_mid_save_keeps_the_earlier_checkpoint_and_resumes_once_freed(tmp_path):
+    from grpo_r1.run.checkpoints import damaged_files, is_complete
+
+    def train(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "grpo_r1.train", str(CPU_RECIPE), *TINY, "training.save_steps=1",
+                               f"run.output_dir={run_dir}", *extra],
+                              cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900)
+
+    with small_disk(tmp_path / "disk", 1024) as disk:
+        run_dir = disk / "run"
+        first = train("training.max_steps=1")
+        assert first.returncode == 0, first.stderr[-3000:]
+        checkpoint_1 = run_dir / "checkpoints" / "checkpoint-1"
+        checkpoint_mb = sum(p.stat().st_size for p in checkpoint_1.rglob("*") if p.is_file()) / 2**20
+        resize(disk, int(used_mb(disk) + checkpoint_mb / 2) + 1)  # room for half of the next checkpoint
+        full = train("training.max_steps=3", "--resume")
+        assert full.returncode == 2, full.stderr[-3000:]
+        last = full.stderr.rstrip().splitlines()[-1]
+        assert last.startswith("error: ") and "is full" in last and str(run_dir) in last, full.stderr[-3000:]
+        assert "checkpoint-2" in last and "free space" in last and "--resume" in last, last
+        assert is_complete(checkpoint_1) and damaged_files(checkpoint_1) == [], "checkpoint-1 was harmed"
+        resize(disk, 1024)  # space freed
+        resumed = train("training.max_steps=3", "--resume")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "from checkpoint-1" in resumed.stdout and "done: 3 steps in" in resumed.stdout
