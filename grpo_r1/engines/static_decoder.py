@@ -12,7 +12,7 @@ architecture that loop cost about 13 ms per token on top of an 8.6 ms step
   * one token step (the model, temperature sampling, the sampled token's log-probability,
     the stop check, the position counter) is captured once as a CUDA graph and replayed, so
     decoding a token is one graph launch; the host looks at the "all finished" flag every
-    `check_every` tokens only;
+    `check_every` tokens only (on a CPU after every token: reading it waits for nothing);
   * the model part of the step can go through torch.compile first (fused elementwise kernels);
   * optionally (`merged=True`) it samples from a merged copy of the linear weights instead:
     base + scale * B @ A, refreshed before every round, with q/k/v and gate/up fused into one
@@ -93,7 +93,7 @@ class Projection:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_state is not None:
             raise UnsupportedModel("a 4-bit weight is only read through the merged copy")
-        out = F.linear(x, self.weight, self.bias)
+        out = _linear(x, self.weight, self.bias)
         if self.lora_a is not None:
             low = F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b, self.lora_b_bias)
             out = (out + low * self.scale).to(out.dtype)  # as PEFT adds it: in the wider dtype, then rounded
@@ -330,6 +330,43 @@ def _projection(module: Any) -> Projection:
     return Projection(_plain(module.weight, "a linear weight"), module.bias)
 
 
+def _distinct_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
+    """The first row of each distinct (ids, mask) row, in order, and for every row the index of its
+    distinct row among them (None when all rows differ)."""
+    first: dict[tuple[int, ...], int] = {}
+    rows, inverse = [], []
+    for row, key in enumerate(map(tuple, torch.cat([input_ids, mask.long()], dim=1).tolist())):
+        if key not in first:
+            first[key] = len(rows)
+            rows.append(row)
+        inverse.append(first[key])
+    if len(rows) == len(inverse):
+        return rows, None
+    return rows, torch.tensor(inverse, dtype=torch.long, device=input_ids.device)
+
+
+# A decode step on a CPU multiplies a few rows by each weight. MKL's sgemm (torch 2.13, an AMD EPYC
+# with AVX-512) reads the weight at 7-11 GB/s for F.linear(x, W) with 2-16 rows, but at 25-37 GB/s
+# for W @ x.T with at most 4 columns: the 49k x 576 lm_head takes 3 ms instead of 14 for 4 rows
+# (docs/benchmarks.md, "CPU: README command 1 end to end"). So few rows go in blocks of 4 that way.
+FEW_ROWS = 16  # at most this many rows (a decode step's batch) take the blocked path on a CPU
+ROW_BLOCK = 4
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, weight, bias); on a CPU for at most FEW_ROWS rows, as weight @ block.T per block of
+    ROW_BLOCK rows (the same products, summed in another order)."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if x.device.type != "cpu" or not 0 < rows <= FEW_ROWS:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    blocks = [torch.mm(weight, flat[i:i + ROW_BLOCK].t()) for i in range(0, rows, ROW_BLOCK)]
+    out = (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)).t()
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
     x = x.float()
@@ -372,6 +409,8 @@ class StaticDecoder:
         self.dtype = _decode_dtype(read)
         self.w, self._casts = _in_dtype(read, self.dtype)
         self.use_graph = graph and self.device.type == "cuda"
+        if self.device.type == "cpu":
+            self.check_every = 1  # reading the flag costs nothing without a device to wait for: stop at once
         w, dev = self.w, self.device
         self.merged = [_merged_layer(layer, self.dtype) for layer in w.layers] if merged else None
         cache_shape = (batch, w.kv_heads, self.length, w.head_dim)  # one tensor per layer, written in place
@@ -482,21 +521,34 @@ class StaticDecoder:
         return self.w.lm_head(_rms_norm(x, self.w.norm, self.w.eps)).float()
 
     def _prefill(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """Run the prompts, fill the cache's first `width` columns, return the last position's logits."""
+        """Run the prompts, fill the cache's first `width` columns, return the last position's logits.
+
+        Two shortcuts that leave the result as it was: the leading columns that are padding in every
+        row are not computed (no real query attends to them; their cache columns are zeroed and stay
+        masked), and a prompt that fills several rows (a GRPO group) is computed once, its keys,
+        values and logits copied to the other rows. A round of 2 prompts x 4 completions padded to
+        twice their length thus runs 1/8 of the full prefill."""
         w, width = self.w, self.width
-        cos, sin = self.cos[:width], self.sin[:width]
-        causal = torch.ones((width, width), dtype=torch.bool, device=self.device).tril()
+        used = prompt_mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        rows, inverse = _distinct_rows(input_ids[:, start:], prompt_mask[:, start:])
+        ids, prompt_mask = input_ids[rows, start:], prompt_mask[rows, start:]
+        span = width - start
+        cos, sin = self.cos[start:width], self.sin[start:width]
+        causal = torch.ones((span, span), dtype=torch.bool, device=self.device).tril()
         # Padding queries attend to themselves only, so no row of the softmax is empty.
-        mask = (causal & prompt_mask[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)
-        x = F.embedding(input_ids, w.embed)
+        mask = (causal & prompt_mask[:, None, :]) | torch.eye(span, dtype=torch.bool, device=self.device)
+        x = F.embedding(ids, w.embed)
         for index in range(len(w.layers)):
             q, k, v = self._attention_inputs(x, index, cos, sin)
-            self.k_cache[index][:, :, :width] = k
-            self.v_cache[index][:, :, :width] = v
+            for cache, value in ((self.k_cache[index], k), (self.v_cache[index], v)):
+                cache[:, :, :start] = 0
+                cache[:, :, start:width] = value if inverse is None else value[inverse]
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=w.head_dim ** -0.5,
                                                       enable_gqa=w.heads != w.kv_heads)
             x = self._finish_layer(x, attended.transpose(1, 2).reshape(*x.shape[:2], -1), index)
-        return self._logits(x[:, -1])
+        logits = self._logits(x[:, -1])
+        return logits if inverse is None else logits[inverse]
 
     def _decode_logits(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Logits for one new token per row at column `position`, writing its keys and values to the cache."""
@@ -544,6 +596,14 @@ class StaticDecoder:
             sorted_probs, order = probs.sort(dim=-1, descending=True)
             drop = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p  # keep the smallest prefix reaching top_p
             probs = probs.scatter(-1, order, sorted_probs.masked_fill(drop, 0.0))
+        if probs.device.type == "cpu":
+            # Inverse CDF, one uniform draw per row: the race below draws one exponential per vocabulary entry,
+            # 3 ms a token for 4 rows of a 49k vocabulary on a CPU core, 20x this. right=True never lands on a
+            # zero-probability (top-p cut) entry: its cumulative sum equals the previous one.
+            cumulative = probs.double().cumsum(dim=-1)
+            draw = torch.rand((probs.shape[0], 1), dtype=torch.float64) * cumulative[:, -1:]
+            choice = torch.searchsorted(cumulative, draw, right=True).squeeze(1)
+            return choice.clamp(max=probs.shape[-1] - 1), logprobs
         # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability p_i / sum(p).
         return (probs / torch.empty_like(probs).exponential_()).argmax(dim=-1), logprobs
 
