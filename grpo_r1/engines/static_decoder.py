@@ -345,9 +345,9 @@ def _distinct_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[in
     return rows, torch.tensor(inverse, dtype=torch.long, device=input_ids.device)
 
 
-# A decode step on a CPU multiplies a few rows by each weight. MKL's sgemm (torch 2.13, an AMD EPYC
-# with AVX-512) reads the weight at 7-11 GB/s for F.linear(x, W) with 2-16 rows, but at 25-37 GB/s
-# for W @ x.T with at most 4 columns: the 49k x 576 lm_head takes 3 ms instead of 14 for 4 rows
+# A decode step on a CPU multiplies a few rows by each weight. torch 2.13's CPU matmul (an AMD EPYC
+# with AVX-512) is much faster at that as W @ x.T with at most 4 columns than as F.linear(x, W): one
+# round of 4 completions x 96 tokens of SmolLM2-135M took 4.47 s this way and 8.23 s through F.linear
 # (docs/benchmarks.md, "CPU: README command 1 end to end"). So few rows go in blocks of 4 that way.
 FEW_ROWS = 16  # at most this many rows (a decode step's batch) take the blocked path on a CPU
 ROW_BLOCK = 4
