@@ -9,7 +9,6 @@ gloo processes where there is no GPU).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -130,7 +129,7 @@ def rank_process(launcher: int, rank: int) -> psutil.Process | None:
 def test_one_rank_killed_then_resume_ends_as_the_uninterrupted_run(tmp_path):
     """kill -9 of rank 1 in a 2-process run stops the run; `--resume` under the same launch continues from the
     newest complete checkpoint and ends with the adapter and optimizer state of an uninterrupted run, bitwise."""
-    from tests.train.test_resume import load_adapter, load_optimizer_state
+    from tests.train.test_resume import load_adapter, load_optimizer_state, logged_steps
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     (tmp_path / "my_rewards.py").write_text(LENGTH_REWARD)  # spread in every group: the adapter moves each step
@@ -141,7 +140,7 @@ def test_one_rank_killed_then_resume_ends_as_the_uninterrupted_run(tmp_path):
     launcher = subprocess.Popen(two_process_command(killed, *settings, steps=RESUME_STEPS), cwd=ROOT, env=ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 600
-    while not any(r["step"] >= 2 for r in _metrics_so_far(killed)):
+    while not any(step >= 2 for step in logged_steps(killed)):
         assert launcher.poll() is None, launcher.communicate()[1][-4000:]
         assert time.monotonic() < deadline, "step 2 was never logged"
         time.sleep(0.05)
@@ -168,12 +167,3 @@ def test_one_rank_killed_then_resume_ends_as_the_uninterrupted_run(tmp_path):
     for record in read_metrics(whole):
         for key in ("reward", "reward_std", "completions/mean_length", "rewards/length_bonus/mean", "loss", "kl"):
             assert steps[record["step"]].get(key) == record.get(key), f"step {record['step']}: {key} differs"
-
-
-def _metrics_so_far(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        with contextlib.suppress(ValueError):
-            rows.append(json.loads(line))
-    return rows
