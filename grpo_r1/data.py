@@ -42,7 +42,8 @@ def load_questions(cfg: DataConfig, seed: int, split: str | None = None) -> data
     split = split or cfg.split
     if cfg.source == "arithmetic":
         raw = arithmetic_problems(cfg.arithmetic_examples, seed=seed + zlib.crc32(split.encode()),
-                                  max_ops=cfg.arithmetic_max_ops)
+                                  max_ops=cfg.arithmetic_max_ops, min_ops=cfg.arithmetic_min_ops,
+                                  distractors=cfg.arithmetic_distractors, wording=cfg.arithmetic_wording)
         question_column, answer_column = "question", "answer"
     else:
         raw = _load_raw(cfg, split)
@@ -145,20 +146,39 @@ _NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isl
 _ITEMS = ["apples", "marbles", "stickers", "pencils", "cookies", "books", "shells", "cards", "stamps", "coins"]
 
 
-def arithmetic_problems(count: int, seed: int, max_ops: int = 2) -> datasets.Dataset:
+def arithmetic_problems(count: int, seed: int, max_ops: int = 2, *, min_ops: int = 1, distractors: int = 0,
+                        wording: str = "plain") -> datasets.Dataset:
     """`count` grade-school word problems with integer answers, the same for the same seed.
 
-    Each problem starts with a quantity and applies 1 to `max_ops` operations (add, take away,
-    multiply, share equally). Solutions are written the way GSM8K's are, calculator
-    annotations and `#### N` included, so everything downstream treats them alike.
+    Each problem starts with a quantity and applies `min_ops` to `max_ops` operations (add, take
+    away, multiply, share equally). `wording="varied"` words each operation one of several ways,
+    GSM8K-like, and adds a two-step one (buying packs of several items: a product, then a sum).
+    `distractors`: up to this many sentences per problem with numbers that play no part in the
+    answer. Solutions are written the way GSM8K's are, calculator annotations and `#### N`
+    included, so everything downstream treats them alike. The plain wording without distractors
+    gives the same problems as before these options existed.
     """
+    if wording not in WORDINGS:
+        raise DataError(f"data.arithmetic_wording must be one of {', '.join(WORDINGS)}, got {wording!r}")
+    if not 1 <= min_ops <= max_ops:
+        raise DataError(f"data.arithmetic_min_ops ({min_ops}) must be at least 1 and at most data.arithmetic_max_ops "
+                        f"({max_ops})")
+    if distractors < 0:
+        raise DataError(f"data.arithmetic_distractors must be 0 or more, got {distractors}")
     rng = random.Random(seed)
     rows: dict[str, list[Any]] = {"question": [], "answer": []}
     for _ in range(count):
-        question, solution = _one_problem(rng, rng.randint(1, max_ops))
+        ops = rng.randint(min_ops, max_ops)
+        if wording == "plain" and not distractors:
+            question, solution = _one_problem(rng, ops)
+        else:
+            question, solution = _one_varied_problem(rng, ops, distractors, varied=wording == "varied")
         rows["question"].append(question)
         rows["answer"].append(solution)
     return datasets.Dataset.from_dict(rows)
+
+
+WORDINGS = ("plain", "varied")
 
 
 def _one_problem(rng: random.Random, ops: int) -> tuple[str, str]:
@@ -196,4 +216,69 @@ def _one_problem(rng: random.Random, ops: int) -> tuple[str, str]:
             total //= n
     sentences.append(f"How many {item} does {name} have now?")
     lines = [f"{text} {expr} = <<{expr}={value}>>{value} {item}." for expr, value, text in steps]
+    return " ".join(sentences), "\n".join(lines + [f"#### {total}"])
+
+
+# One way of wording each operation, or several ("varied"): (question sentence, solution text), with
+# {name}, {friend}, {item}, {n} and {total} (the count before the step) filled in.
+_WORDS: dict[str, list[tuple[str, str]]] = {
+    "add": [("{name} gets {n} more {item} from {friend}.", "After getting {n} more, {name} has"),
+            ("{friend} gives {name} another {n} {item}.", "With {friend}'s {n}, {name} has"),
+            ("Later {name} finds {n} {item} and keeps them.", "With the {n} found, {name} has"),
+            ("{name} buys {n} {item} at the market.", "After buying {n}, {name} has")],
+    "sub": [("{name} gives {n} {item} to {friend}.", "After giving away {n}, {name} has"),
+            ("{name} loses {n} of the {item} on the way home.", "After losing {n}, {name} has"),
+            ("{friend} borrows {n} {item} from {name}.", "After lending {n}, {name} has"),
+            ("{name} uses {n} {item} for a school project.", "After using {n}, {name} has")],
+    "mul": [("Then the number of {item} {name} has becomes {n} times as large.", "{n} times as many is"),
+            ("By the end of the month {name} has {n} times as many {item} as before.", "{n} times as many is")],
+    "div": [("{name} splits the {item} equally into {n} boxes and keeps one box.", "One of {n} equal boxes holds"),
+            ("{name} shares the {item} equally with friends so that {n} people, {name} included, get the same "
+             "number, and keeps one share.", "One share of {n} equal shares is"),
+            ("{name} puts the {item} into {n} equal piles and gives away all but one pile.",
+             "One of {n} equal piles holds")],
+}
+_PACKS = ("{name} buys {k} packs of {item} with {m} in each pack.",
+          "{k} packs of {m} hold", "Adding the packs, {name} has")
+_DISTRACTORS = ("{friend} has {n} {other}.", "{name} is {n} years old.", "The walk to school takes {n} minutes.",
+                "{friend} wants {n} {other} for a birthday.", "The shop has {n} {other} on its shelves.",
+                "{name}'s class has {n} students.")
+
+
+def _one_varied_problem(rng: random.Random, ops: int, distractors: int, *, varied: bool) -> tuple[str, str]:
+    """A problem of `ops` operations, worded one way or several, with up to `distractors` irrelevant sentences."""
+    name, friend = rng.sample(_NAMES, 2)
+    item, other = rng.sample(_ITEMS, 2)
+    total = rng.randint(2, 30)
+    sentences = [f"{name} has {total} {item}."]
+    lines = []
+    for _ in range(ops):
+        kinds = ["add", "sub", "mul", "div"] + (["packs"] if varied else [])
+        kind = rng.choice(kinds)
+        divisors = [d for d in (2, 3, 4, 5) if total % d == 0]
+        if (kind == "div" and not divisors) or (kind == "sub" and total < 2) or (kind == "mul" and total > 50):
+            kind = "add"
+        fill = {"name": name, "friend": friend, "item": item, "total": total}
+        if kind == "packs":
+            k, m = rng.randint(2, 5), rng.randint(2, 12)
+            ask, step_text, sum_text = _PACKS
+            sentences.append(ask.format(k=k, m=m, **fill))
+            lines.append(f"{step_text.format(k=k, m=m, **fill)} {k}*{m} = <<{k}*{m}={k * m}>>{k * m} {item}.")
+            lines.append(f"{sum_text.format(**fill)} {total}+{k * m} = <<{total}+{k * m}={total + k * m}>>"
+                         f"{total + k * m} {item}.")
+            total += k * m
+            continue
+        n = {"add": lambda: rng.randint(1, 30), "sub": lambda: rng.randint(1, total - 1),
+             "mul": lambda: rng.randint(2, 4), "div": lambda: rng.choice(divisors)}[kind]()
+        ask, answer_text = rng.choice(_WORDS[kind]) if varied else _WORDS[kind][0]
+        sentences.append(ask.format(n=n, **fill))
+        symbol, value = {"add": ("+", total + n), "sub": ("-", total - n), "mul": ("*", total * n),
+                         "div": ("/", total // n)}[kind]
+        lines.append(f"{answer_text.format(n=n, **fill)} {total}{symbol}{n} = <<{total}{symbol}{n}={value}>>{value} "
+                     f"{item}.")
+        total = value
+    for _ in range(rng.randint(0, distractors)):
+        text = rng.choice(_DISTRACTORS).format(name=name, friend=friend, other=other, n=rng.randint(2, 40))
+        sentences.insert(rng.randint(1, len(sentences)), text)
+    sentences.append(f"How many {item} does {name} have now?")
     return " ".join(sentences), "\n".join(lines + [f"#### {total}"])

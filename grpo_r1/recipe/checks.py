@@ -30,11 +30,18 @@ def check_recipe(recipe: Recipe, source: str) -> None:
         "lora.r": recipe.lora.r,
         "data.arithmetic_examples": recipe.data.arithmetic_examples,
         "data.arithmetic_max_ops": recipe.data.arithmetic_max_ops,
+        "data.arithmetic_min_ops": recipe.data.arithmetic_min_ops,
         "logging.logging_steps": recipe.logging.logging_steps,
     }
     for key, value in positive.items():
         if value < 1:
             raise RecipeError(f"{source}: {key!r} must be at least 1, got {value}")
+    if recipe.data.arithmetic_min_ops > recipe.data.arithmetic_max_ops:
+        raise RecipeError(f"{source}: 'data.arithmetic_min_ops' ({recipe.data.arithmetic_min_ops}) is above "
+                          f"'data.arithmetic_max_ops' ({recipe.data.arithmetic_max_ops}); lower one or raise the other")
+    if recipe.data.arithmetic_distractors < 0:
+        raise RecipeError(f"{source}: 'data.arithmetic_distractors' is a number of sentences, 0 or more, "
+                          f"got {recipe.data.arithmetic_distractors}")
     if gen.num_generations < 2:
         raise RecipeError(f"{source}: 'generation.num_generations' must be at least 2: "
                           "GRPO compares completions within a group")

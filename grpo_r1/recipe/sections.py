@@ -85,9 +85,15 @@ class DataConfig:
     system_prompt: str = SYSTEM_PROMPT
     # Keep at most this many rows (after shuffling with the run's seed).
     limit: int | None = None
-    # The arithmetic generator: how many problems, and the most operations in one problem.
+    # The arithmetic generator: how many problems, and the fewest and most operations in one problem.
     arithmetic_examples: int = 2000
     arithmetic_max_ops: int = 2
+    arithmetic_min_ops: int = 1
+    # Up to this many sentences per problem whose numbers play no part in the answer.
+    arithmetic_distractors: int = 0
+    # "plain": one wording per operation; "varied": several GSM8K-like ones, and buying packs of
+    # several items (a product, then a sum) as one more operation.
+    arithmetic_wording: Literal["plain", "varied"] = "plain"
 
 
 @dataclass

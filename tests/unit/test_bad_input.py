@@ -137,6 +137,11 @@ CASES = [
     Case("data-folder-without-split", ["data.source={tmp}/gsm8k", "data.split=test"], ["'test'", "data.split"],
          files={"gsm8k/train.jsonl": json.dumps(GOOD_ROW) + "\n"}),
     Case("data-limit-zero", ["data.limit=0"], ["'data.limit'", "at least 1"]),
+    Case("data-min-ops-above-max", ["data.arithmetic_min_ops=3", "data.arithmetic_max_ops=2"],
+         ["'data.arithmetic_min_ops' (3)", "'data.arithmetic_max_ops' (2)"]),
+    Case("data-distractors-negative", ["data.arithmetic_distractors=-1"],
+         ["'data.arithmetic_distractors'", "0 or more"]),
+    Case("data-wording-unknown", ["data.arithmetic_wording=fancy"], ["data.arithmetic_wording", "plain", "varied"]),
     Case("data-smaller-than-a-round", ["data.limit=1", "training.per_device_train_batch_size=4"],
          ["1 question", "takes 2", "data.limit", "training.per_device_train_batch_size"]),
     # --- the rewards

@@ -95,6 +95,51 @@ def test_arithmetic_problems_are_seeded_and_correct():
         assert int(parse_gold_answer(solution)) == int(steps[-1][1]) >= 0
 
 
+def _check_solution(solution: str) -> list[tuple[str, str]]:
+    """Every calculator annotation of a generated solution is right and the last one is the final answer."""
+    steps = re.findall(r"<<([^=]+)=(-?\d+)>>", solution)
+    for expr, value in steps:
+        assert eval(expr.replace("/", "//")) == int(value)  # noqa: S307 (our own arithmetic)
+        if "/" in expr:
+            left, right = expr.split("/")
+            assert int(left) % int(right) == 0  # sharing equally never leaves a remainder
+    assert int(parse_gold_answer(solution)) == int(steps[-1][1]) >= 0
+    return steps
+
+
+def test_the_harder_generator_chains_two_to_three_operations_with_distractors_and_right_solutions():
+    table = arithmetic_problems(300, seed=5, max_ops=3, min_ops=2, distractors=2, wording="varied")
+    assert table["question"] == arithmetic_problems(300, seed=5, max_ops=3, min_ops=2, distractors=2,
+                                                    wording="varied")["question"]
+    with_distractor = packs = 0
+    for question, solution in zip(table["question"], table["answer"], strict=True):
+        steps = _check_solution(solution)
+        assert len(steps) >= 2  # at least two operations, a pack purchase counting two lines
+        # A number in the question that no step uses is a distractor (a quantity the answer ignores).
+        used = {n for expr, _ in steps for n in re.findall(r"\d+", expr)}
+        with_distractor += any(n not in used for n in re.findall(r"\d+", question))
+        packs += "packs of" in question
+    assert 0.4 < with_distractor / len(table) < 0.95
+    assert packs > 30
+    assert len({q.split(". ")[1].split()[1] for q in table["question"]}) > 5  # several wordings of the first step
+
+
+def test_the_plain_generator_is_unchanged_by_the_new_options():
+    plain = arithmetic_problems(50, seed=7, max_ops=2)
+    assert plain["question"] == arithmetic_problems(50, seed=7, max_ops=2, min_ops=1, distractors=0,
+                                                    wording="plain")["question"]
+    # The first problem as the generator wrote it before the options existed (docs/results.md's runs).
+    assert plain["question"][0] == ("Emma has 4 apples. Emma gets 12 more apples from Maya. Emma gets 30 more apples "
+                                    "from Maya. How many apples does Emma have now?")
+
+
+def test_the_generator_refuses_impossible_settings():
+    with pytest.raises(DataError, match="arithmetic_min_ops"):
+        arithmetic_problems(5, seed=0, max_ops=2, min_ops=3)
+    with pytest.raises(DataError, match="arithmetic_wording"):
+        arithmetic_problems(5, seed=0, wording="fancy")
+
+
 def test_train_and_test_splits_of_the_generator_differ():
     train = load_questions(DataConfig(source="arithmetic", arithmetic_examples=20), seed=0)
     test = load_questions(DataConfig(source="arithmetic", arithmetic_examples=20), seed=0, split="test")
