@@ -4,6 +4,7 @@ ships in a pip package, and named architectures at random init for benchmarks.""
 from grpo_r1.model.loading import (
     LoadedModel,
     check_model_can_load,
+    load_adapter_weights,
     load_base_model,
     load_model,
     model_path,
@@ -14,6 +15,7 @@ from grpo_r1.model.loading import (
 __all__ = [
     "LoadedModel",
     "check_model_can_load",
+    "load_adapter_weights",
     "load_base_model",
     "load_model",
     "model_path",

@@ -116,6 +116,22 @@ def load_model(recipe: Recipe, launch: Launch | None = None) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tokenizer, base_path=path, dtype=dtype)
 
 
+def load_adapter_weights(model: Any, weights: str | Path) -> None:
+    """Put the LoRA weights of `weights` (an adapter_model.safetensors) into `model`'s active adapter.
+
+    Raises ModelError when the file lacks any of the adapter's LoRA weights (another rank, other
+    target modules): loading part of an adapter would train from a silently different start.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(str(weights)), adapter_name=model.active_adapter)
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k and f".{model.active_adapter}." in k]
+    if missing:
+        raise ModelError(f"{weights} lacks {len(missing)} of the adapter's weights, e.g. {missing[0]}; it was saved "
+                         f"with other lora settings (lora.r, lora.target_modules) than this recipe's")
+
+
 def load_base_model(recipe: Recipe, launch: Launch | None = None) -> tuple[Any, Any, str]:
     """The base model through transformers (no adapter, 4-bit when asked), its tokenizer, and its path.
 

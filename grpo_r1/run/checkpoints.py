@@ -255,17 +255,11 @@ def restore_grpo_state(trainer: Any, checkpoint: Path) -> None:
     only the subfolders (transformers#30478) and the run would silently continue from the
     untrained adapter; so the trained weights are copied in here.
     """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from grpo_r1.model import load_adapter_weights
 
     weights = Path(checkpoint) / "adapter_model.safetensors"
-    model = trainer.model
-    if weights.is_file() and hasattr(model, "peft_config"):
-        result = set_peft_model_state_dict(model, load_file(weights), adapter_name=model.active_adapter)
-        lora_missing = [k for k in getattr(result, "missing_keys", [])
-                        if "lora_" in k and f".{model.active_adapter}." in k]
-        if lora_missing:
-            raise RuntimeError(f"{weights} lacks {len(lora_missing)} of the adapter's weights, e.g. {lora_missing[0]}")
+    if weights.is_file() and hasattr(trainer.model, "peft_config"):
+        load_adapter_weights(trainer.model, weights)
     marker = json.loads((Path(checkpoint) / COMPLETE_FILE).read_text())
     trl_private.set_micro_step(trainer, marker["grpo_micro_step"])
     buffer = Path(checkpoint) / BUFFER_FILE.format(rank=trainer.accelerator.process_index)

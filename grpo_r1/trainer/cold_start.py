@@ -79,41 +79,18 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     if cfg.steps == 0:
         return []
     check_cold_start_data(cfg, dataset.column_names)
-    wanted = cfg.examples or cfg.steps * cfg.batch_size
-    order = list(range(len(dataset)))
-    random.Random(seed).shuffle(order)
-    rows = [dataset[i] for i in order[: min(wanted, len(order))]]
-    examples = [tokenize_example(tokenizer, row["prompt"], r1_target(row["solution"], row["answer"], layout))
-                for row in rows]
-
+    examples = cold_start_examples(tokenizer, dataset, cfg, seed, layout)
     out_dir = Path(run_dir) / COLD_START_DIR
     if write_files:
         out_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    records: list[dict[str, float]] = []
-    model.train()
     log = logger.info if write_files else _quiet
     log("cold start: %d supervised steps of %d on %d formatted solutions", cfg.steps, cfg.batch_size, len(examples))
-    start = time.perf_counter()
-    with open(out_dir / "metrics.jsonl", "w") if write_files else contextlib.nullcontext() as metrics_file:
-        for step in range(cfg.steps):
-            batch = [examples[(step * cfg.batch_size + i) % len(examples)] for i in range(cfg.batch_size)]
-            input_ids, labels, mask = _pad_right(batch, pad_id)
-            loss = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm),
-                      "tokens": int((labels != -100).sum()), "elapsed_s": round(time.perf_counter() - start, 2)}
-            records.append(record)
-            if metrics_file is not None:
-                metrics_file.write(json.dumps(record) + "\n")
-            if step == 0 or (step + 1) % 10 == 0 or step + 1 == cfg.steps:
-                log("cold start step %d/%d: loss %.3f", step + 1, cfg.steps, record["loss"])
+    batches = [[examples[(step * cfg.batch_size + i) % len(examples)] for i in range(cfg.batch_size)]
+               for step in range(cfg.steps)]
+    records = supervised_steps(model, tokenizer, batches, optimizer, metrics_path=out_dir / "metrics.jsonl"
+                               if write_files else None, log=log, label="cold start")
     del optimizer
     if write_files:
         model.save_pretrained(str(out_dir / "adapter"))
@@ -121,12 +98,66 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     return records
 
 
+Example = tuple[list[int], list[int]]  # token ids, labels (-100 on the prompt)
+
+
+def cold_start_examples(tokenizer: Any, dataset: Any, cfg: ColdStartConfig, seed: int,
+                        layout: Layout = R1) -> list[Example]:
+    """The cold start's examples in the order it trains on them: `cfg.examples` (default steps x
+    batch_size) rows of a `seed`-shuffled `dataset`, each prompt + solution in `layout`. The order
+    depends on the seed alone, so a longer cold start begins with a shorter one's examples."""
+    wanted = cfg.examples or cfg.steps * cfg.batch_size
+    order = list(range(len(dataset)))
+    random.Random(seed).shuffle(order)
+    return [solution_example(tokenizer, dataset[i], layout) for i in order[: min(wanted, len(order))]]
+
+
+def solution_example(tokenizer: Any, row: dict[str, Any], layout: Layout = R1) -> Example:
+    """One supervised example from a dataset row: its prompt, then its reference solution in `layout`."""
+    return tokenize_example(tokenizer, row["prompt"], r1_target(row["solution"], row["answer"], layout))
+
+
+def supervised_steps(model: Any, tokenizer: Any, batches: list[list[Example]], optimizer: Any, *,
+                     scheduler: Any = None, max_grad_norm: float = 1.0, metrics_path: Path | None = None,
+                     log: Any = logger.info, label: str = "supervised") -> list[dict[str, float]]:
+    """One optimizer step per batch on the next-token loss of the targets (the prompts masked out).
+
+    `scheduler` (if any) steps after each optimizer step; gradients are clipped to `max_grad_norm`.
+    Each step's record (loss, grad_norm, lr, target tokens, elapsed seconds) is returned and, with
+    `metrics_path`, written there as one JSON line.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    records: list[dict[str, float]] = []
+    model.train()
+    start = time.perf_counter()
+    with open(metrics_path, "w") if metrics_path is not None else contextlib.nullcontext() as metrics_file:
+        for step, batch in enumerate(batches):
+            input_ids, labels, mask = _pad_right(batch, pad_id)
+            loss = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": step + 1, "loss": loss.item(), "grad_norm": float(grad_norm), "learning_rate": lr,
+                      "tokens": int((labels != -100).sum()), "elapsed_s": round(time.perf_counter() - start, 2)}
+            records.append(record)
+            if metrics_file is not None:
+                metrics_file.write(json.dumps(record) + "\n")
+            if step == 0 or (step + 1) % 10 == 0 or step + 1 == len(batches):
+                log("%s step %d/%d: loss %.3f", label, step + 1, len(batches), record["loss"])
+    return records
+
+
 def _quiet(message: str, *args: Any) -> None:
     """The log of processes that do not write: they say nothing."""
 
 
-def _pad_right(batch: list[tuple[list[int], list[int]]],
-               pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pad_right(batch: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     length = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), length), -100, dtype=torch.long)

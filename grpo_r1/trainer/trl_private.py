@@ -11,6 +11,7 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
     _logs                                      the latest generation batch's prompts, completions, rewards
     _step, _buffered_inputs                    GRPO's micro-step and its unused completions (checkpoints)
     _get_train_sampler                         the sampler that orders the prompts
+    trainer.utils.RepeatSampler                that sampler's class, rebuilt for a control (question_sampler)
     _prepare_inputs, generation_config,
     generation_kwargs                          one generation round on demand (the preflight)
     use_vllm, vllm_generation, _last_loaded_step,
@@ -113,6 +114,16 @@ def wrap_train_sampler(trainer: Any, wrap: Callable[[Any], Any]) -> None:
         return wrap(make_sampler(*args, **kwargs))
 
     trainer._get_train_sampler = wrapped_sampler
+
+
+def question_sampler(dataset_size: int, questions_per_round: int, *, shuffle: bool, seed: int) -> Any:
+    """TRL's prompt sampler as GRPOTrainer builds it (`_get_train_sampler`), yielding each round's
+    distinct questions once: the same permutation of the rows per epoch (TRL seeds it once, so each
+    new iteration draws the next permutation), cut into whole rounds of `questions_per_round`."""
+    from trl.trainer.utils import RepeatSampler
+
+    return RepeatSampler(range(dataset_size), mini_repeat_count=1, batch_size=questions_per_round, repeat_count=1,
+                         shuffle=shuffle, seed=seed)
 
 
 def generate_batch(trainer: Any, rows: list[dict[str, Any]]) -> Any:
