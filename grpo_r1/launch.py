@@ -122,6 +122,12 @@ def check_launch(recipe: Any, launch: Launch) -> None:
             f"need, which sharded parameters (FSDP, ZeRO-3; this run: {launch.describe()}) cannot follow; use "
             f"generation.engine=hf (TRL keeps the processes in step), or recipes/accelerate/ddp.yaml"
         )
+    if recipe.generation.resample_equal_groups:
+        raise RecipeError(
+            f"generation.resample_equal_groups runs on one process only: each process would draw its own replacement "
+            f"questions and the groups of completions would no longer line up across them (this run: "
+            f"{launch.world_size} processes); set generation.resample_equal_groups=0 under accelerate launch"
+        )
     if recipe.generation.engine == "vllm" and launch.shards_parameters:
         raise EngineError(
             f"generation.engine=vllm gives each process's vLLM the whole LoRA adapter, but FSDP and ZeRO-3 leave each "

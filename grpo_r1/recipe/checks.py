@@ -39,6 +39,9 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     if recipe.data.arithmetic_min_ops > recipe.data.arithmetic_max_ops:
         raise RecipeError(f"{source}: 'data.arithmetic_min_ops' ({recipe.data.arithmetic_min_ops}) is above "
                           f"'data.arithmetic_max_ops' ({recipe.data.arithmetic_max_ops}); lower one or raise the other")
+    if gen.resample_equal_groups < 0:
+        raise RecipeError(f"{source}: 'generation.resample_equal_groups' is a number of extra generation rounds per "
+                          f"step, 0 (off) or more, got {gen.resample_equal_groups}")
     if recipe.data.arithmetic_distractors < 0:
         raise RecipeError(f"{source}: 'data.arithmetic_distractors' is a number of sentences, 0 or more, "
                           f"got {recipe.data.arithmetic_distractors}")

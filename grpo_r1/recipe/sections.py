@@ -137,6 +137,10 @@ class GenerationConfig:
     # log-probabilities (and the sampling/sampling_logp_difference metrics): one more forward
     # pass of the batch per round. TRL turns it on for vLLM; its own generate runs without it.
     importance_sampling: bool = True
+    # Dynamic sampling (DAPO): groups whose completions all scored alike (zero advantages, no signal)
+    # are replaced by groups of other questions, in up to this many more generation rounds per step;
+    # 0: off. One process only. See grpo_r1/trainer/dynamic_sampling.py.
+    resample_equal_groups: int = 0
 
 
 @dataclass

@@ -4,7 +4,8 @@
     trainer, timer = build_trainer(recipe, loaded, dataset, reward_funcs, args, engine=engine)
 
 The trainer samples with `engine` through the rollout adapter (TRL's own generate for None),
-or with an explicit `rollout_func`, and logs timing/* metrics for every step (StepTimer).
+or with an explicit `rollout_func`, replaces equal-reward groups when generation.resample_equal_groups
+says so (grpo_r1.trainer.dynamic_sampling), and logs timing/* metrics for every step (StepTimer).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from trl import GRPOConfig, GRPOTrainer
 from grpo_r1.engines import Engine
 from grpo_r1.recipe import Recipe
 from grpo_r1.trainer import trl_private
+from grpo_r1.trainer.dynamic_sampling import install_dynamic_sampling
 from grpo_r1.trainer.rollout import RolloutFunc, make_rollout_func
 from grpo_r1.trainer.timing import StepTimer, install_step_timer
 
@@ -56,6 +58,7 @@ def build_trainer(
     if args.world_size > 1 and args.device.type == "cpu" and not (trainer.is_fsdp_enabled
                                                                    or trainer.is_deepspeed_enabled):
         trl_private.load_resumed_optimizer_on_the_cpu(trainer)
+    install_dynamic_sampling(trainer, recipe.generation.resample_equal_groups, recipe.run.seed)
     return trainer, install_step_timer(trainer)
 
 

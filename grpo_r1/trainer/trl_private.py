@@ -7,6 +7,7 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
 
     _generate, _generate_and_score_completions, _calculate_rewards,
     _get_per_token_logps_and_entropies        the phases of a step (watch_phases)
+    _generate_and_score_completions            also replaced whole, for dynamic sampling
     _metrics                                   the per-step metrics TRL averages and logs
     _logs                                      the latest generation batch's prompts, completions, rewards
     _step, _buffered_inputs                    GRPO's micro-step and its unused completions (checkpoints)
@@ -75,6 +76,12 @@ def _announcing(method: Callable[..., Any], phase: str, listeners: list[PhaseLis
                 listener.phase_ended(phase, grad)
 
     return announced
+
+
+def wrap_generate_and_score(trainer: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Make this trainer's generation round (sampling, rewards, log-probabilities, advantages; one
+    call per round, the list of input rows in, the batch to train on out) `wrap(TRL's method)`."""
+    trainer._generate_and_score_completions = wrap(trainer._generate_and_score_completions)
 
 
 def add_step_metric(trainer: Any, key: str, value: float) -> None:

@@ -82,6 +82,13 @@ def test_engines_that_cannot_run_on_several_processes_are_refused(tmp_path):
         check_launch(compiled, Launch(2, 0, 0, "fsdp", fsdp_version=2))
 
 
+def test_dynamic_sampling_is_refused_on_several_processes():
+    resampling = load_recipe(CPU_RECIPE, ["generation.resample_equal_groups=2"])
+    with pytest.raises(RecipeError, match="resample_equal_groups runs on one process only.*2 processes"):
+        check_launch(resampling, Launch(world_size=2, rank=0))
+    check_launch(resampling, Launch())
+
+
 def test_num_generations_divides_the_batch_of_all_processes():
     # 1 question per device: a group of 2 only forms across the 2 processes.
     overrides = ["training.per_device_train_batch_size=1", "generation.num_generations=2"]
