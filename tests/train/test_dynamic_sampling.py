@@ -14,7 +14,9 @@ import torch
 from grpo_r1.data import load_questions
 from grpo_r1.recipe import load_recipe
 from grpo_r1.run.tracking import read_metrics
+from grpo_r1.trainer.control import grpo_question_order
 from grpo_r1.trainer.dynamic_sampling import equal_groups, splice_groups
+from grpo_r1.trainer.grpo_config import grpo_config
 from tests.helpers import CPU_RECIPE, ROOT
 
 # Spread only for questions with an odd answer: every group of an even-answer question scores all 0.
@@ -42,9 +44,6 @@ def test_equal_groups_are_replaced_by_groups_with_a_signal_and_the_adapter_learn
     assert len(steps) == STEPS
     # Which of GRPO's own questions (TRL's sampler: one a step) had an even answer, so an all-equal group.
     recipe = load_recipe(run_dir / "recipe.yaml")
-    from grpo_r1.trainer.control import grpo_question_order
-    from grpo_r1.trainer.grpo_config import grpo_config
-
     dataset = load_questions(recipe.data, seed=recipe.run.seed)
     args = grpo_config(recipe, tmp_path / "unused", "x", torch.float32, cpu=True)
     even = [int(dataset[rows[0]]["answer"]) % 2 == 0 for rows in grpo_question_order(recipe, len(dataset), args)]
