@@ -17,16 +17,27 @@ from pathlib import Path
 
 ARMS = {"cold_start": "cold start", "longer": "cold start, longer (control)", "sft": "cold start + SFT (control)",
         "grpo": "cold start + GRPO", "dynamic": "cold start + GRPO, dynamic sampling"}
-METRICS = ("accuracy", "lenient_accuracy", "maj@4", "strict_format_rate", "truncation_rate", "mean_completion_tokens")
+METRICS = ("accuracy", "lenient_accuracy", "maj@K", "strict_format_rate", "truncation_rate", "mean_completion_tokens")
 
 
 def metrics(path: Path) -> dict[str, float]:
-    report = json.loads(path.read_text())["metrics"]
-    return report.get("adapter") or report["base"]
+    """An eval.json's figures, its maj@<samples> as maj@K."""
+    report = json.loads(path.read_text())
+    figures = dict(report["metrics"].get("adapter") or report["metrics"]["base"])
+    figures["maj@K"] = figures.get(f"maj@{report['settings']['samples']}", float("nan"))
+    return figures
 
 
 def seconds(path: Path) -> float | None:
     return sum(float(line) for line in path.read_text().split()) if path.is_file() else None
+
+
+def training_seconds(seed: Path, arm: str) -> float | None:
+    """Wall seconds of the arm's training; the cold start's from its own log (it runs inside the GRPO arm)."""
+    if arm == "cold_start":
+        rows = [json.loads(line) for line in (seed / "grpo" / "cold_start" / "metrics.jsonl").read_text().splitlines()]
+        return rows[-1]["elapsed_s"] if rows else None
+    return seconds(seed / f"{arm}.seconds")
 
 
 def spread(values: list[float]) -> str:
@@ -48,11 +59,11 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     seeds = sorted(p for p in out.glob("seed*") if p.is_dir())
-    print("| arm | seed | " + " | ".join(METRICS) + " | wall s |")
-    print("| --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- |")
+    print("| arm | seed | " + " | ".join(METRICS) + " | training s | evaluation s |")
+    print("| --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- | --- |")
     if (out / "base.json").is_file():
         base = metrics(out / "base.json")
-        print("| base model | - | " + " | ".join(f"{base.get(m, float('nan')):.3g}" for m in METRICS) + " | - |")
+        print("| base model | - | " + " | ".join(f"{base.get(m, float('nan')):.3g}" for m in METRICS) + " | - | - |")
     results: dict[str, dict[str, dict[str, float]]] = {arm: {} for arm in ARMS}
     for arm, label in ARMS.items():
         for seed in seeds:
@@ -60,8 +71,8 @@ def main() -> None:
             if not path.is_file():
                 continue
             row = results[arm][seed.name] = metrics(path)
-            wall = seconds(seed / f"{arm}.seconds")
-            wall_text = f"{wall:.0f}" if wall is not None else "-"
+            walls = [training_seconds(seed, arm), seconds(seed / f"eval_{arm}.seconds")]
+            wall_text = " | ".join(f"{w:.0f}" if w is not None else "-" for w in walls)
             print(f"| {label} | {seed.name.removeprefix('seed')} | "
                   + " | ".join(f"{row.get(m, float('nan')):.3g}" for m in METRICS) + f" | {wall_text} |")
     print()
@@ -69,9 +80,9 @@ def main() -> None:
         rows = list(results[arm].values())
         if rows:
             print(f"{label}: accuracy {spread([r['accuracy'] for r in rows])}, "
-                  f"maj@4 {spread([r['maj@4'] for r in rows])}")
+                  f"maj@K {spread([r['maj@K'] for r in rows])}")
     for other in ("cold_start", "longer", "sft"):
-        for figure in ("accuracy", "maj@4"):
+        for figure in ("accuracy", "maj@K"):
             gains = {s: results["grpo"][s][figure] - results[other][s][figure]
                      for s in results["grpo"] if s in results[other]}
             print(f"GRPO - {ARMS[other]}, {figure}: per seed {({s: round(g, 3) for s, g in gains.items()})}; "
