@@ -4,8 +4,10 @@
     trainer, timer = build_trainer(recipe, loaded, dataset, reward_funcs, args, engine=engine)
 
 The trainer samples with `engine` through the rollout adapter (TRL's own generate for None),
-or with an explicit `rollout_func`, replaces equal-reward groups when generation.resample_equal_groups
-says so (grpo_r1.trainer.dynamic_sampling), and logs timing/* metrics for every step (StepTimer).
+or with an explicit `rollout_func`. It runs the reference forward without the LoRA products when
+the adapter is fresh (trl_private.drop_fresh_reference_adapter), replaces equal-reward groups when
+generation.resample_equal_groups says so (grpo_r1.trainer.dynamic_sampling), and logs timing/*
+metrics for every step (StepTimer).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def build_trainer(
     if args.world_size > 1 and args.device.type == "cpu" and not (trainer.is_fsdp_enabled
                                                                    or trainer.is_deepspeed_enabled):
         trl_private.load_resumed_optimizer_on_the_cpu(trainer)
+    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):  # sharded, the weights are not whole here
+        trl_private.drop_fresh_reference_adapter(trainer)  # a fresh adapter's reference is the base model
     install_dynamic_sampling(trainer, recipe.generation.resample_equal_groups, recipe.run.seed)
     return trainer, install_step_timer(trainer)
 

@@ -18,6 +18,7 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
     use_vllm, vllm_generation, _last_loaded_step,
     vllm_importance_sampling_correction        TRL's engine-logprob path, turned on for our engines
     _load_optimizer_and_scheduler              (transformers' Trainer) a resume on several CPU processes
+    peft_config["ref"]                         TRL's frozen copy of the adapter for the reference forward
 """
 
 from __future__ import annotations
@@ -182,6 +183,32 @@ def use_engine_logprobs(trainer: Any, sync_hook: Any) -> None:
     trainer.use_vllm = True
     trainer.vllm_generation = sync_hook
     trainer._last_loaded_step = trainer.state.global_step  # the hook syncs right after this
+
+
+REFERENCE_ADAPTER = "ref"
+
+
+def drop_fresh_reference_adapter(trainer: Any) -> bool:
+    """Delete TRL's frozen "ref" copy of the adapter when the adapter is freshly initialized.
+
+    Handed a PeftModel with beta > 0, GRPOTrainer 1.14.2 copies the adapter into a frozen "ref"
+    adapter and runs the reference forward through it (`use_adapter(model, "ref")`), because a
+    pretrained adapter is not the base model. A fresh LoRA adapter (every lora_B zero, as PEFT
+    initializes it) adds exactly nothing, so its copy is the base model: without "ref", TRL runs
+    the reference forward with adapters disabled, the same numbers without the LoRA products
+    (7 small matmul pairs a layer) and without the copy's memory. An adapter trained before the
+    trainer was built (a cold start) keeps its copy. Returns whether the copy was deleted.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    config = getattr(model, "peft_config", None) or {}
+    if REFERENCE_ADAPTER not in config:
+        return False
+    active = model.active_adapter
+    fresh = all(not param.any() for name, param in model.named_parameters()
+                if ".lora_B." in name and f".{active}." in name)
+    if fresh:
+        model.delete_adapter(REFERENCE_ADAPTER)  # "ref" is never the active one: the trained adapter stays active
+    return fresh
 
 
 def load_resumed_optimizer_on_the_cpu(trainer: Any) -> None:
