@@ -13,6 +13,10 @@
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
 #   preflight  the preflight's out-of-memory message at the worst case of a 4096-token recipe
+#   seed_before, batched_before  the seed and batched parts run by an older copy of the code in
+#              .carry/before (git archive COMMIT grpo_r1 rewards recipes | tar -x -C .carry/before),
+#              for a before/after pair in one invocation
+#   batched_mb24, batched_mb48  the batched shape in 2 micro-batches of 24, or 1 of 48 (instead of 4 of 12)
 # Each part writes PART.json / PART.log into $OUT (default /tmp/out) and is cut off after its
 # share of the 10-minute device call (TIMEOUT_PART or PART_TIMEOUT seconds, default 300).
 # LEVERS="a b" picks the memory levers to run (default: all of benchmarks/memory_levers.sh).
@@ -28,9 +32,10 @@ show() { grep -v "Warning\|warn(\|warnings.warn\|^{\|^ *\"" | tail -${1:-40}; }
 STEPS=${STEPS:-5}; WARMUP=${WARMUP:-2}; cmp=${COMPARE-trl}
 SEED_REWARDS='rewards=[xml_count, soft_format, strict_format, int_answer, gsm8k_correctness]'
 # bench PART [overrides and options ...]: one bench run of the recipe into PART.json / PART.log
+# (from CODE_DIR, default the checkout: .carry/before for the *_before parts)
 bench() { local name=$1; shift
-  timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" "$@" --gpu-mem 24 --steps $STEPS --warmup $WARMUP \
-    --out "$out/$name.json" 2>&1 | tee "$out/$name.log" | show; }
+  (cd "${CODE_DIR:-.}" && PYTHONPATH=/tmp/site:$PWD timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" "$@" \
+    --gpu-mem 24 --steps $STEPS --warmup $WARMUP --out "$out/$name.json") 2>&1 | tee "$out/$name.log" | show; }
 for part in "$@"; do
   var=TIMEOUT_$part; limit=${!var:-${PART_TIMEOUT:-300}}
   echo "== $part ($(date +%T))"
@@ -38,6 +43,10 @@ for part in "$@"; do
     seed) bench seed ${cmp:+--compare $cmp} ;;
     unsloth) bench unsloth --compare unsloth ;;
     batched) bench batched "${BATCHED[@]}" ;;
+    seed_before) CODE_DIR=.carry/before bench seed_before ;;
+    batched_before) CODE_DIR=.carry/before bench batched_before "${BATCHED[@]}" ;;
+    batched_mb24) bench batched_mb24 training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
+    batched_mb48) bench batched_mb48 training.per_device_train_batch_size=48 training.gradient_accumulation_steps=1 ;;
     batched_zero) bench batched_zero "${BATCHED[@]}" "$SEED_REWARDS" ;;
     batched_fused) bench batched_fused "${BATCHED[@]}" training.optim=adamw_torch_fused ;;
     batched_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_expandable "${BATCHED[@]}" ;;
