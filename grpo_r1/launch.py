@@ -65,6 +65,11 @@ class Launch:
         return self.rank == 0
 
     @property
+    def device(self) -> str:
+        """Where this process computes: "cpu", or its own GPU ("cuda:<local_rank>")."""
+        return "cpu" if self.cpu else f"cuda:{self.local_rank}"
+
+    @property
     def shards_parameters(self) -> bool:
         """True when no process holds the whole model: FSDP or ZeRO-3."""
         return self.sharding == "fsdp" or (self.sharding == "deepspeed" and (self.zero_stage or 0) >= 3)

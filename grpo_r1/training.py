@@ -108,6 +108,8 @@ def _train(recipe: Recipe, folder: RunFolder, *, overwrite: bool, resume: str | 
         run_preflight(recipe, loaded, dataset, reward_funcs, launch)  # one worst-case step now, not an OOM hours in
     open_run_folder(recipe, plan, folder, launch, batch, overwrite=overwrite)
     if recipe.cold_start.steps and plan.resuming is None:  # a checkpoint's adapter already holds it
+        if not recipe.model.load_in_4bit:  # transformers loads on the CPU; a 4-bit model sits on its GPU already
+            loaded.model.to(launch.device)  # the trainer would move it there too, but only after the cold start
         run_cold_start(loaded.model, loaded.tokenizer, dataset, recipe.cold_start, recipe.run.seed, plan.run_dir,
                        write_files=launch.is_main, layout=recipe.layout)
     return run_grpo(recipe, plan, loaded, dataset, reward_funcs, launch, folder)

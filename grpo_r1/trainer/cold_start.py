@@ -86,7 +86,8 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     log = logger.info if write_files else _quiet
-    log("cold start: %d supervised steps of %d on %d formatted solutions", cfg.steps, cfg.batch_size, len(examples))
+    log("cold start: %d supervised steps of %d on %d formatted solutions (%s)", cfg.steps, cfg.batch_size,
+        len(examples), next(model.parameters()).device)
     batches = [[examples[(step * cfg.batch_size + i) % len(examples)] for i in range(cfg.batch_size)]
                for step in range(cfg.steps)]
     records = supervised_steps(model, tokenizer, batches, optimizer, metrics_path=out_dir / "metrics.jsonl"
