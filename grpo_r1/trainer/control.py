@@ -131,7 +131,8 @@ def run_control(run_dir: str | Path, arm: str, out_dir: str | Path | None = None
                                   num_training_steps=args.max_steps,
                                   scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         detail = {"questions": order, "learning_rate": args.learning_rate, "lr_scheduler": str(args.lr_scheduler_type),
-                  "optimizer": optimizer_cls.__name__, "started_from": str(run_dir / COLD_START_DIR / "adapter")}
+                  "optimizer": args.optim.value,
+                  "started_from": str(run_dir / COLD_START_DIR / "adapter")}
         max_grad_norm = args.max_grad_norm
     else:
         longer = dataclasses.replace(cold, steps=cold.steps + args.max_steps)
