@@ -5,11 +5,11 @@ the reference solutions instead of sampled completions, so GRPO's gain can be to
 Each control reads a finished GRPO run's folder (its recipe.yaml and cold start) and trains a
 fresh copy of its LoRA adapter:
 
-    sft                 from the run's cold-start adapter, `training.max_steps` optimizer steps,
+    sft                 from the run's cold-start adapter, as many optimizer steps as the run took,
                         each on the reference solutions of the questions that GRPO's step drew
-                        (TRL's sampler, rebuilt with the run's seed), with GRPO's optimizer,
-                        learning-rate schedule and gradient clipping.
-    longer-cold-start   the cold start run for cold_start.steps + training.max_steps steps from
+                        (TRL's sampler, rebuilt with the run's seed), with GRPO's optimizer (weight
+                        decay as the Trainer groups it), learning-rate schedule and clipping.
+    longer-cold-start   the cold start run for cold_start.steps + the run's steps from
                         the same fresh adapter (run.seed) on the next rows of the same order: its
                         first cold_start.steps steps are the GRPO run's own cold start.
 
@@ -27,6 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
@@ -37,7 +38,9 @@ from grpo_r1.data import load_questions
 from grpo_r1.errors import RecipeError
 from grpo_r1.model import load_adapter_weights, load_model
 from grpo_r1.recipe import Recipe, load_recipe
+from grpo_r1.run.checkpoints import complete_checkpoints, saved_processes
 from grpo_r1.run.folder import RECIPE_FILE
+from grpo_r1.run.tracking import read_metrics
 from grpo_r1.trainer.cold_start import (
     COLD_START_DIR,
     cold_start_examples,
@@ -61,8 +64,8 @@ class ControlResult:
     seconds: float
 
 
-def grpo_question_order(recipe: Recipe, dataset_size: int, args: GRPOConfig) -> list[list[int]]:
-    """The dataset rows whose completions each of GRPO's `args.max_steps` optimizer steps trains on.
+def grpo_question_order(recipe: Recipe, dataset_size: int, args: GRPOConfig, steps: int) -> list[list[int]]:
+    """The dataset rows whose completions each of GRPO's first `steps` optimizer steps trains on.
 
     TRL's sampler (rebuilt with the run's seed) draws a round of distinct questions per
     generation; a round feeds `num_iterations x steps_per_generation / gradient_accumulation_steps`
@@ -81,14 +84,14 @@ def grpo_question_order(recipe: Recipe, dataset_size: int, args: GRPOConfig) -> 
                           f"{per_pass * args.num_generations}")
     sampler: Sampler = question_sampler(dataset_size, questions_per_round, shuffle=args.shuffle_dataset, seed=args.seed)
     steps_per_round = per_pass * args.num_iterations
-    rounds_needed = -(-args.max_steps // steps_per_round)
+    rounds_needed = -(-steps // steps_per_round)
     rounds: list[list[int]] = []
     while len(rounds) < rounds_needed:  # one epoch per pass over the sampler, as the Trainer iterates it
         epoch = list(sampler)
         rounds += [epoch[i: i + questions_per_round] for i in range(0, len(epoch), questions_per_round)]
     share = questions_per_round // per_pass
     order = []
-    for step in range(args.max_steps):
+    for step in range(steps):
         questions = rounds[step // steps_per_round]
         part = (step % steps_per_round) % per_pass
         order.append(questions[part * share: (part + 1) * share])
@@ -100,12 +103,14 @@ def run_control(run_dir: str | Path, arm: str, out_dir: str | Path | None = None
     """Train the supervised control `arm` (one of ARMS, see the module doc) of the GRPO run in `run_dir`.
 
     `out_dir` defaults to `<run_dir>/control-<arm>`. Raises RecipeError when `run_dir` is not a
-    finished run with a cold start, or `out_dir` already holds a control (unless `overwrite`).
+    run of one process with a cold start and logged steps, or `out_dir` already holds a control
+    (unless `overwrite`).
     """
     if arm not in ARMS:
         raise RecipeError(f"unknown control arm {arm!r}; choose one of {', '.join(ARMS)}")
     run_dir = Path(run_dir)
     recipe = _run_recipe(run_dir)
+    steps_taken = _steps_taken(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / f"control-{arm}"
     _check_out_dir(out, overwrite)
     check_training(recipe)
@@ -118,24 +123,25 @@ def run_control(run_dir: str | Path, arm: str, out_dir: str | Path | None = None
     if on_gpu and not recipe.model.load_in_4bit:  # a 4-bit model already sits on the GPU it was quantized on
         model.to("cuda")
     args = grpo_config(recipe, out / "unused", "control", loaded.dtype, cpu=not on_gpu)
+    if args.max_steps < 1:
+        raise RecipeError(f"{recipe.source}: the controls follow a run of training.max_steps steps (its learning-rate "
+                          f"schedule and question order); this run trained by epochs (max_steps {args.max_steps})")
     cold = recipe.cold_start
     if arm == "sft":
         load_adapter_weights(model, run_dir / COLD_START_DIR / "adapter" / "adapter_model.safetensors")
-        order = grpo_question_order(recipe, len(dataset), args)
+        order = grpo_question_order(recipe, len(dataset), args, steps_taken)
         batches = [[solution_example(tokenizer, dataset[i], recipe.layout) for i in rows] for rows in order]
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
-        optimizer = optimizer_cls(params, **optimizer_kwargs)
+        optimizer = grpo_optimizer(model, args)
         scheduler = get_scheduler(args.lr_scheduler_type, optimizer,
                                   num_warmup_steps=args.get_warmup_steps(args.max_steps),
                                   num_training_steps=args.max_steps,
                                   scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         detail = {"questions": order, "learning_rate": args.learning_rate, "lr_scheduler": str(args.lr_scheduler_type),
-                  "optimizer": args.optim.value,
+                  "optimizer": args.optim.value, "weight_decay": args.weight_decay,
                   "started_from": str(run_dir / COLD_START_DIR / "adapter")}
         max_grad_norm = args.max_grad_norm
     else:
-        longer = dataclasses.replace(cold, steps=cold.steps + args.max_steps)
+        longer = dataclasses.replace(cold, steps=cold.steps + steps_taken)
         examples = cold_start_examples(tokenizer, dataset, longer, recipe.run.seed, recipe.layout)
         batches = [[examples[(step * cold.batch_size + i) % len(examples)] for i in range(cold.batch_size)]
                    for step in range(longer.steps)]
@@ -155,6 +161,32 @@ def run_control(run_dir: str | Path, arm: str, out_dir: str | Path | None = None
                **detail}
     (out / CONTROL_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return ControlResult(out_dir=out, arm=arm, steps=len(records), seconds=seconds)
+
+
+def grpo_optimizer(model: Any, args: GRPOConfig) -> torch.optim.Optimizer:
+    """The optimizer transformers' Trainer builds for GRPO (Trainer.create_optimizer): `args.optim`'s
+    class and settings, with `args.weight_decay` on the trainable weights it decays and none on
+    biases and norms."""
+    decayed = set(Trainer.get_decay_parameter_names(None, model))  # reads only `model` (transformers 5.17)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for name, p in trainable if name in decayed], "weight_decay": args.weight_decay},
+              {"params": [p for name, p in trainable if name not in decayed], "weight_decay": 0.0}]
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return optimizer_cls(groups, **optimizer_kwargs)  # both groups, an empty one too, as the Trainer passes them
+
+
+def _steps_taken(run_dir: Path) -> int:
+    """How many optimizer steps the GRPO run took (a guard's stop or a Ctrl-C ends it early), on one process."""
+    checkpoints = complete_checkpoints(run_dir)
+    processes = saved_processes(checkpoints[-1]) if checkpoints else None
+    if processes not in (None, 1):
+        raise RecipeError(f"the run in {str(run_dir)!r} trained on {processes} processes; the controls rebuild the "
+                          f"questions of one process's rounds, so train the run on one process")
+    logged = read_metrics(run_dir)
+    if not logged:
+        raise RecipeError(f"the run in {str(run_dir)!r} logged no training step (metrics.jsonl is empty); train it "
+                          f"first")
+    return int(logged[-1]["step"])
 
 
 def _run_recipe(run_dir: Path) -> Recipe:

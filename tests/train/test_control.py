@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from grpo_r1.control import main as control_main
 from grpo_r1.data import load_questions
 from grpo_r1.recipe import load_recipe
+from grpo_r1.trainer.control import grpo_optimizer
+from tests.helpers import smollm2_folder, tiny_grpo_trainer
 from tests.train.conftest import STEPS
 
 
@@ -68,3 +70,18 @@ def test_the_control_refuses_what_it_cannot_use(shared_run, tmp_path, capsys):
     (no_cold / "recipe.yaml").write_text(text)
     assert control_main([str(no_cold), "--arm", "sft"]) == 2
     assert "had no cold start" in capsys.readouterr().err
+
+
+def test_the_controls_optimizer_is_the_one_the_trainer_builds(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = smollm2_folder()
+    trainer = tiny_grpo_trainer(folder, AutoTokenizer.from_pretrained(folder), None, output_dir=str(tmp_path))
+    trainer.args.weight_decay = 0.1
+    theirs = trainer.create_optimizer()
+    ours = grpo_optimizer(trainer.model, trainer.args)
+    assert type(ours) is type(theirs)
+    assert ([(len(g["params"]), g["weight_decay"], g["lr"], g["betas"]) for g in ours.param_groups]
+            == [(len(g["params"]), g["weight_decay"], g["lr"], g["betas"]) for g in theirs.param_groups])
+    assert [p.data_ptr() for g in ours.param_groups for p in g["params"]] == \
+        [p.data_ptr() for g in theirs.param_groups for p in g["params"]]
