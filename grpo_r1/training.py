@@ -204,7 +204,8 @@ def run_grpo(recipe: Recipe, plan: RunPlan, loaded: Any, dataset: Any, reward_fu
         args = grpo_config(recipe, run_dir / "checkpoints", plan.run_name, loaded.dtype, cpu=launch.cpu)
         engine = engine_from_recipe(recipe, loaded, processes=launch.world_size,
                                     dataset=dataset)  # None: TRL's generate
-        guards = LearningSignalGuards(recipe.guards, run_dir, engine=recipe.generation.engine)
+        guards = LearningSignalGuards(recipe.guards, run_dir, engine=recipe.generation.engine,
+                                      resampling=recipe.generation.resample_equal_groups > 0)
         callbacks = [MetricsFileCallback(run_dir), folder, guards]  # folder: from the first step on, the run is kept
         trainer, _ = build_trainer(recipe, loaded, dataset, reward_funcs, args, engine=engine, callbacks=callbacks)
         if recipe.logging.console == "compact":

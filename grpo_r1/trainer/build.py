@@ -35,12 +35,15 @@ def build_trainer(
     engine: Engine | None = None,
     rollout_func: RolloutFunc | None = None,
     callbacks: Sequence[Any] = (),
+    dynamic_sampling: bool = True,
 ) -> tuple[GRPOTrainer, StepTimer]:
     """A GRPOTrainer of `loaded` (grpo_r1.model.LoadedModel) on `dataset` with the rewards and `args`,
     and the timer of its steps.
 
     `engine` samples the completions (generation.importance_sampling decides whether TRL compares
     its logprobs with the trainer's); `rollout_func` replaces it where given (the preflight's).
+    `dynamic_sampling`: False leaves generation.resample_equal_groups out (the preflight's filler
+    completions all score alike, so it would only sample extra rounds).
     """
     if rollout_func is None:
         rollout_func = make_rollout_func(engine, logprob_check=recipe.generation.importance_sampling)
@@ -60,9 +63,13 @@ def build_trainer(
     if args.world_size > 1 and args.device.type == "cpu" and not (trainer.is_fsdp_enabled
                                                                    or trainer.is_deepspeed_enabled):
         trl_private.load_resumed_optimizer_on_the_cpu(trainer)
-    if not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):  # sharded, the weights are not whole here
-        trl_private.drop_fresh_reference_adapter(trainer)  # a fresh adapter's reference is the base model
-    install_dynamic_sampling(trainer, recipe.generation.resample_equal_groups, recipe.run.seed)
+    # A fresh adapter's reference is the base model. With a cold start the adapter is trained before the
+    # real trainer is built, so "ref" stays (and the preflight, built before it, keeps it too); sharded, the
+    # weights are not whole here.
+    if not recipe.cold_start.steps and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        trl_private.drop_fresh_reference_adapter(trainer)
+    if dynamic_sampling:
+        install_dynamic_sampling(trainer, recipe.generation.resample_equal_groups, recipe.run.seed)
     return trainer, install_step_timer(trainer)
 
 

@@ -16,7 +16,10 @@ for each group still to replace. Per-step metrics (in metrics.jsonl and the trac
     resample/equal_left   fraction of the trained groups whose rewards are still all equal
 
 TRL's own reward metrics (reward, frac_reward_zero_std, rewards/*) average over every round
-sampled, the replaced groups included.
+sampled, the replaced groups included (the equal-rewards guard reads resample/equal_left instead),
+and completions.jsonl shows groups of the last round sampled. Refused where a group's advantages
+depend on the rest of the batch (training.scale_rewards: batch, multi_objective_aggregation:
+normalize_then_sum) and on several processes.
 """
 
 from __future__ import annotations
@@ -33,30 +36,29 @@ from grpo_r1.trainer import trl_private
 
 logger = logging.getLogger(__name__)
 
-# The generation batch's entries GRPOTrainer 1.14.2 returns for text prompts: those with one row
-# per completion are spliced (prompt_* padded on the left, the rest on the right), the token count
-# is recounted; anything else is refused rather than guessed at.
-_LEFT_PADDED = ("prompt_ids", "prompt_mask")
-_RIGHT_PADDED = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
-                 "sampling_per_token_logps", "importance_sampling_ratio")
-_PER_ROW = ("advantages",)
-_TOKEN_COUNT = "num_items_in_batch"
+_LEFT_PADDED = trl_private.GENERATION_BATCH_LEFT_PADDED
+_RIGHT_PADDED = trl_private.GENERATION_BATCH_RIGHT_PADDED
+_PER_ROW = trl_private.GENERATION_BATCH_PER_ROW
+_TOKEN_COUNT = trl_private.GENERATION_BATCH_TOKEN_COUNT
 
 
 def install_dynamic_sampling(trainer: Any, rounds: int, seed: int) -> None:
-    """Make `trainer` replace equal-reward groups for up to `rounds` more rounds per step (off for 0)."""
+    """Make `trainer` replace equal-reward groups for up to `rounds` more rounds per step (off for 0).
+    Install before the step timer (grpo_r1.trainer.build does)."""
     if rounds:
-        trl_private.wrap_generate_and_score(trainer, lambda generate: EqualGroupResampler(trainer, generate,
+        rewards = trl_private.record_rewards(trainer)
+        trl_private.wrap_generate_and_score(trainer, lambda generate: EqualGroupResampler(trainer, generate, rewards,
                                                                                           rounds, seed))
 
 
 class EqualGroupResampler:
     """Stands in for GRPOTrainer._generate_and_score_completions: the original, then replacements."""
 
-    def __init__(self, trainer: Any, generate: Callable[[list[dict[str, Any]]], dict[str, Any]], rounds: int,
-                 seed: int) -> None:
+    def __init__(self, trainer: Any, generate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                 rewards: Callable[[], torch.Tensor], rounds: int, seed: int) -> None:
         self.trainer = trainer
         self.generate = generate
+        self.rewards = rewards
         self.rounds = rounds
         self.seed = seed
 
@@ -65,7 +67,7 @@ class EqualGroupResampler:
         batch = self.generate(inputs)
         if not self.trainer.model.training:  # evaluation batches are left as sampled
             return batch
-        equal = equal_groups(batch["advantages"], group)
+        equal = self._equal_groups()
         groups, rounds, replaced = len(batch["advantages"]) // group, 0, 0
         step = self.trainer.state.global_step
         rng = random.Random(f"{self.seed}:{step}")  # the same replacements when a run resumes at this step
@@ -74,7 +76,7 @@ class EqualGroupResampler:
             rows = [dataset[rng.randrange(len(dataset))] for _ in equal]
             fresh = self.generate([row for row in rows for _ in range(group)])
             rounds += 1
-            flat = set(equal_groups(fresh["advantages"], group))
+            flat = set(self._equal_groups())
             useful = [g for g in range(len(rows)) if g not in flat]
             take = min(len(equal), len(useful))
             batch = splice_groups(batch, fresh, list(zip(equal[:take], useful[:take], strict=True)), group,
@@ -86,10 +88,22 @@ class EqualGroupResampler:
         trl_private.add_step_metric(self.trainer, "resample/equal_left", len(equal) / max(groups, 1))
         return batch
 
+    def _equal_groups(self) -> list[int]:
+        weights = self.trainer.reward_weights.to(self.rewards().device)
+        return equal_groups(self.rewards(), weights, self.trainer.num_generations)
 
-def equal_groups(advantages: torch.Tensor, group: int) -> list[int]:
-    """The groups (of `group` consecutive completions) whose advantages are all 0: rewards all alike."""
-    return torch.nonzero((advantages.view(-1, group) == 0).all(dim=1)).flatten().tolist()
+
+def equal_groups(rewards_per_func: torch.Tensor, weights: torch.Tensor, group: int) -> list[int]:
+    """The groups (of `group` consecutive completions) whose weighted rewards are all alike (within
+    float rounding), as TRL sums them: each row's rewards times `weights`, NaN (a function that
+    returned None) left out; a group no function scored counts as alike too."""
+    scored = ~torch.isnan(rewards_per_func).all(dim=1)
+    total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1).view(-1, group)
+    scored = scored.view(-1, group)
+    high = torch.where(scored, total, -torch.inf).amax(dim=1)
+    low = torch.where(scored, total, torch.inf).amin(dim=1)
+    alike = ~scored.any(dim=1) | torch.isclose(high, low, rtol=1e-5, atol=1e-6)
+    return torch.nonzero(alike).flatten().tolist()
 
 
 def splice_groups(batch: dict[str, Any], fresh: dict[str, Any], pairs: list[tuple[int, int]], group: int, *,

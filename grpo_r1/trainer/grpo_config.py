@@ -39,6 +39,13 @@ def check_training(recipe: Recipe, processes: int = 1) -> EffectiveBatch:
     recipe.training = checked
     if checked.get("beta", 0.0) < 0:
         raise RecipeError(f"{source}: 'training.beta' (the KL weight) must be >= 0, got {checked['beta']}")
+    batch_wide = (checked.get("scale_rewards") == "batch"
+                  or checked.get("multi_objective_aggregation") == "normalize_then_sum")
+    if recipe.generation.resample_equal_groups and batch_wide:
+        raise RecipeError(f"{source}: generation.resample_equal_groups replaces whole groups, each normalised on its "
+                          f"own; training.scale_rewards: batch and multi_objective_aggregation: normalize_then_sum "
+                          f"normalise over the whole batch, which a replaced group was never part of. Use "
+                          f"scale_rewards group or none with sum_then_normalize, or set resample_equal_groups=0")
     try:
         return effective_batch(checked, recipe.generation.num_generations, processes)
     except RecipeError as e:

@@ -7,6 +7,7 @@ GRPOTrainer logs each step and fires when one of these holds:
 
     guard            TRL's metric                              fires when, for `patience` steps in a row
     equal_rewards    frac_reward_zero_std                      >= guards.equal_rewards_fraction
+                     (resample/equal_left, the groups trained on, with generation.resample_equal_groups)
     truncation       completions/clipped_ratio                 >= guards.truncation_fraction
     constant_reward  rewards/<name>/std                        == 0 (one value paid to every completion)
     logprob_gap      sampling/sampling_logp_difference/mean    > guards.logprob_gap_max (vllm, unsloth engines)
@@ -48,6 +49,7 @@ GUARDS_FILE = "guards.jsonl"
 logger = logging.getLogger(__name__)
 
 ZERO_STD = "frac_reward_zero_std"
+EQUAL_LEFT = "resample/equal_left"  # grpo_r1.trainer.dynamic_sampling's
 CLIPPED = "completions/clipped_ratio"
 LOGP_GAP = "sampling/sampling_logp_difference/mean"
 LOGP_GAP_MAX = "sampling/sampling_logp_difference/max"
@@ -87,12 +89,17 @@ class LearningSignalGuards(TrainerCallback):
         config: the recipe's `guards:` section.
         run_dir: where guards.jsonl goes; None writes no file.
         engine: the generation engine's name, for the logprob-gap message.
+        resampling: generation.resample_equal_groups is on: TRL's frac_reward_zero_std then counts
+            every round sampled, replaced groups too, so the equal-rewards guard reads the share
+            of the groups trained on (resample/equal_left) instead.
 
     Each firing is logged as one warning line (grpo_r1.cli prints it on stderr).
     """
 
-    def __init__(self, config: GuardsConfig, run_dir: str | Path | None = None, *, engine: str = "hf") -> None:
+    def __init__(self, config: GuardsConfig, run_dir: str | Path | None = None, *, engine: str = "hf",
+                 resampling: bool = False) -> None:
         self.config = config
+        self.equal_key = EQUAL_LEFT if resampling else ZERO_STD
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.engine = engine
         self.events: list[GuardEvent] = []
@@ -141,7 +148,7 @@ class LearningSignalGuards(TrainerCallback):
         step = state.global_step
         self._check_nonfinite(args, step, logs, control)
         cfg = self.config
-        self._track("equal_rewards", "equal_rewards", args, step, _number(logs.get(ZERO_STD)),
+        self._track("equal_rewards", "equal_rewards", args, step, _number(logs.get(self.equal_key)),
                     lambda v: v >= cfg.equal_rewards_fraction, control, self._equal_rewards_message)
         self._track("truncation", "truncation", args, step, _number(logs.get(CLIPPED)),
                     lambda v: v >= cfg.truncation_fraction, control, self._truncation_message)

@@ -140,7 +140,8 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
                 reserve = meter.reserve(optimizer_state_bytes(model, str(args.optim)), paged="paged" in str(args.optim))
                 decoder_hold = meter.reserve(engine_bytes, paged=False)
                 trainer, _ = build_trainer(recipe, loaded, dataset.select([row]),
-                                           [guard_reward(f) for f in reward_funcs], args, rollout_func=rollout)
+                                           [guard_reward(f) for f in reward_funcs], args, rollout_func=rollout,
+                                           dynamic_sampling=False)
                 trl_private.force_completion_length(trainer, worst.completion_tokens)
                 trl_private.watch_phases(trainer, tracker)
                 trl_private.prepare_for_step(trainer)

@@ -7,7 +7,9 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
 
     _generate, _generate_and_score_completions, _calculate_rewards,
     _get_per_token_logps_and_entropies        the phases of a step (watch_phases)
-    _generate_and_score_completions            also replaced whole, for dynamic sampling
+    _generate_and_score_completions            also replaced whole, for dynamic sampling, with the
+                                               entries of the batch it returns (GENERATION_BATCH_*)
+    _calculate_rewards                         also recorded, for dynamic sampling (record_rewards)
     _metrics                                   the per-step metrics TRL averages and logs
     _logs                                      the latest generation batch's prompts, completions, rewards
     _step, _buffered_inputs                    GRPO's micro-step and its unused completions (checkpoints)
@@ -77,6 +79,32 @@ def _announcing(method: Callable[..., Any], phase: str, listeners: list[PhaseLis
                 listener.phase_ended(phase, grad)
 
     return announced
+
+
+# The entries of the generation batch GRPOTrainer 1.14.2's _generate_and_score_completions returns for
+# text prompts: one row per completion (prompts padded on the left, the rest on the right), and the
+# batch's loss-token count.
+GENERATION_BATCH_LEFT_PADDED = ("prompt_ids", "prompt_mask")
+GENERATION_BATCH_RIGHT_PADDED = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
+                                 "sampling_per_token_logps", "importance_sampling_ratio")
+GENERATION_BATCH_PER_ROW = ("advantages",)
+GENERATION_BATCH_TOKEN_COUNT = "num_items_in_batch"
+
+
+def record_rewards(trainer: Any) -> Callable[[], torch.Tensor]:
+    """Keep the latest result of the trainer's reward calculation; returns its getter: a tensor of
+    one row per completion of the round (all processes) and one column per reward function, NaN
+    where a function returned None. Install before the step timer's phase watch."""
+    calculate = trainer._calculate_rewards
+    latest: list[torch.Tensor] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> torch.Tensor:
+        rewards = calculate(*args, **kwargs)
+        latest[:] = [rewards]
+        return rewards
+
+    trainer._calculate_rewards = recorded
+    return lambda: latest[0]
 
 
 def wrap_generate_and_score(trainer: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
@@ -204,8 +232,9 @@ def drop_fresh_reference_adapter(trainer: Any) -> bool:
     if REFERENCE_ADAPTER not in config:
         return False
     active = model.active_adapter
-    fresh = all(not param.any() for name, param in model.named_parameters()
-                if ".lora_B." in name and f".{active}." in name)
+    lora_b = [param for name, param in model.named_parameters() if ".lora_B." in name and f".{active}." in name]
+    # Only a LoRA adapter whose every B is zero, and nothing else trained beside it, adds nothing.
+    fresh = bool(lora_b) and all(not param.any() for param in lora_b) and not config[active].modules_to_save
     if fresh:
         model.delete_adapter(REFERENCE_ADAPTER)  # "ref" is never the active one: the trained adapter stays active
     return fresh

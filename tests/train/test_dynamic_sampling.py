@@ -46,7 +46,7 @@ def test_equal_groups_are_replaced_by_groups_with_a_signal_and_the_adapter_learn
     recipe = load_recipe(run_dir / "recipe.yaml")
     dataset = load_questions(recipe.data, seed=recipe.run.seed)
     args = grpo_config(recipe, tmp_path / "unused", "x", torch.float32, cpu=True)
-    even = [int(dataset[rows[0]]["answer"]) % 2 == 0 for rows in grpo_question_order(recipe, len(dataset), args)]
+    even = [int(dataset[rows[0]]["answer"]) % 2 == 0 for rows in grpo_question_order(recipe, len(dataset), args, STEPS)]
     assert any(even), "the seed gives no even-answer question in these steps: the test would show nothing"
     for was_equal, record in zip(even, steps, strict=True):
         if was_equal:
@@ -73,7 +73,6 @@ def _batch(prompt_width: int, completion_width: int, advantages: list[float], st
 def test_splice_pads_each_side_as_trl_does_and_recounts_the_tokens():
     batch = _batch(3, 2, [0.0, 0.0, 1.0, -1.0], start=0)  # group 0 equal, group 1 not
     fresh = _batch(5, 4, [0.5, -0.5, 0.0, 0.0], start=10)  # group 0 has spread
-    assert equal_groups(batch["advantages"], 2) == [0] and equal_groups(fresh["advantages"], 2) == [1]
     out = splice_groups(batch, fresh, [(0, 0)], 2, pad_id=-7)
     assert out["prompt_ids"].tolist()[0] == [10] * 5 and out["prompt_ids"].tolist()[2] == [-7, -7, 2, 2, 2]
     assert out["prompt_mask"].tolist()[2] == [0, 0, 1, 1, 1]  # prompts padded on the left
@@ -82,6 +81,17 @@ def test_splice_pads_each_side_as_trl_does_and_recounts_the_tokens():
     assert out["advantages"].tolist() == [0.5, -0.5, 1.0, -1.0]
     assert out["num_items_in_batch"].item() == 2 * 4 + 2 * 2
     assert batch["advantages"].tolist() == [0.0, 0.0, 1.0, -1.0]  # the inputs are left as they were
+
+
+def test_equal_groups_are_read_from_the_weighted_rewards_not_from_rounded_advantages():
+    weights = torch.tensor([1.0, 0.5])
+    rewards = torch.tensor([
+        [0.999, 0.0], [0.999, 0.0], [0.999, 0.0], [0.999, 0.0], [0.999, 0.0],  # alike (mean 0.999 rounds in float32)
+        [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 2.0],  # 1.0 each, the last by the second function
+        [1.0, float("nan")], [0.0, float("nan")], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0],  # spread
+        [float("nan")] * 2, [float("nan")] * 2, [float("nan")] * 2, [float("nan")] * 2, [float("nan")] * 2,  # unscored
+    ])
+    assert equal_groups(rewards, weights, 5) == [0, 1, 3]
 
 
 def test_splice_refuses_entries_it_does_not_know():

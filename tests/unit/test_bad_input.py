@@ -142,6 +142,8 @@ CASES = [
     Case("data-distractors-negative", ["data.arithmetic_distractors=-1"],
          ["'data.arithmetic_distractors'", "0 or more"]),
     Case("data-wording-unknown", ["data.arithmetic_wording=fancy"], ["data.arithmetic_wording", "plain", "varied"]),
+    Case("resample-with-batch-scaled-rewards", ["generation.resample_equal_groups=2", "training.scale_rewards=batch"],
+         ["generation.resample_equal_groups", "scale_rewards: batch", "resample_equal_groups=0"]),
     Case("resample-rounds-negative", ["generation.resample_equal_groups=-1"],
          ["'generation.resample_equal_groups'", "0 (off) or more"]),
     Case("data-smaller-than-a-round", ["data.limit=1", "training.per_device_train_batch_size=4"],
