@@ -17,6 +17,7 @@
 #              .carry/before (git archive COMMIT grpo_r1 rewards recipes | tar -x -C .carry/before),
 #              for a before/after pair in one invocation
 #   batched_mb24, batched_mb48  the batched shape in 2 micro-batches of 24, or 1 of 48 (instead of 4 of 12)
+#   batched_mb24_expandable     2 of 24 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 # Each part writes PART.json / PART.log into $OUT (default /tmp/out) and is cut off after its
 # share of the 10-minute device call (TIMEOUT_PART or PART_TIMEOUT seconds, default 300).
 # LEVERS="a b" picks the memory levers to run (default: all of benchmarks/memory_levers.sh).
@@ -46,6 +47,8 @@ for part in "$@"; do
     seed_before) CODE_DIR=.carry/before bench seed_before ;;
     batched_before) CODE_DIR=.carry/before bench batched_before "${BATCHED[@]}" ;;
     batched_mb24) bench batched_mb24 training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
+    batched_mb24_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_mb24_expandable \
+        training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
     batched_mb48) bench batched_mb48 training.per_device_train_batch_size=48 training.gradient_accumulation_steps=1 ;;
     batched_zero) bench batched_zero "${BATCHED[@]}" "$SEED_REWARDS" ;;
     batched_fused) bench batched_fused "${BATCHED[@]}" training.optim=adamw_torch_fused ;;
