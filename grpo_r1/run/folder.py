@@ -5,8 +5,10 @@ made in its run folder is removed again: the whole folder when this run created 
 that already existed keeps exactly the entries it held. From the first completed step on,
 everything stays (metrics, W&B files and checkpoints show what happened and let the run resume).
 
-A full disk (ENOSPC, or EDQUOT for a quota), whenever it strikes, becomes a StorageError that
-names the folder and the fix instead of a traceback from whichever library was writing.
+A full disk (ENOSPC, or EDQUOT for a quota; or torch.save's zip writer losing bytes while the
+disk has no room left, which it reports without an errno), whenever it strikes, becomes a
+StorageError that names the folder and the fix instead of a traceback from whichever library was
+writing.
 
     folder = RunFolder()
     try:
@@ -53,6 +55,25 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+# torch.save's zip writer when the file system stops taking bytes: a short write it reports without an errno.
+_LOST_WRITE_WORDS = ("unexpected pos",)
+_LITTLE_ROOM = 16 * 2**20  # bytes left on the disk below which such a lost write is taken for a full disk
+
+
+def lost_write_on_a_full_disk(exc: BaseException, folder: Path) -> bool:
+    """Whether `exc` is a writer losing bytes (torch.save: "unexpected pos ...") while the disk holding
+    `folder` has (almost) no room left: a full disk that raised no OSError."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if any(words in str(current) for words in _LOST_WRITE_WORDS):
+            existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+            return existing is not None and shutil.disk_usage(existing).free < _LITTLE_ROOM
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class RunFolder(TrainerCallback):
     """Knows what a run's folder held before the run, and whether a training step has completed."""
 
@@ -78,9 +99,10 @@ class RunFolder(TrainerCallback):
             return StorageError(f"the disk is full ({_where(exc)}); free space, or set run.output_dir to a folder "
                                 f"on a disk with room") if is_disk_full(exc) else exc
         kept = self.trained
+        full = is_disk_full(exc) or lost_write_on_a_full_disk(exc, self.path)  # before any cleanup frees room
         if not kept:
             self._remove_what_this_run_made()
-        if not is_disk_full(exc):
+        if not full:
             return exc
         if kept:
             saved = [p.name for p in complete_checkpoints(self.path)]
