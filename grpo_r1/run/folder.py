@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -41,18 +42,20 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "os error 28", "StorageFull")
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether `exc`, or an error it was raised from, says the disk (or the user's quota) is full."""
+def _error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then each error it was raised from (cause, else context), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
-            return True
-        if any(words in str(current) for words in _DISK_FULL_WORDS):
-            return True
+        yield current
         current = current.__cause__ or current.__context__
-    return False
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised from, says the disk (or the user's quota) is full."""
+    return any((isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS) or any(w in str(e) for w in _DISK_FULL_WORDS)
+               for e in _error_chain(exc))
 
 
 # torch.save's zip writer when the file system stops taking bytes: a short write it reports without an errno.
@@ -63,15 +66,10 @@ _LITTLE_ROOM = 16 * 2**20  # bytes left on the disk below which such a lost writ
 def lost_write_on_a_full_disk(exc: BaseException, folder: Path) -> bool:
     """Whether `exc` is a writer losing bytes (torch.save: "unexpected pos ...") while the disk holding
     `folder` has (almost) no room left: a full disk that raised no OSError."""
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if any(words in str(current) for words in _LOST_WRITE_WORDS):
-            existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-            return existing is not None and shutil.disk_usage(existing).free < _LITTLE_ROOM
-        current = current.__cause__ or current.__context__
-    return False
+    if not any(words in str(e) for e in _error_chain(exc) for words in _LOST_WRITE_WORDS):
+        return False
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and shutil.disk_usage(existing).free < _LITTLE_ROOM
 
 
 class RunFolder(TrainerCallback):

@@ -83,14 +83,12 @@ def run_cold_start(model: Any, tokenizer: Any, dataset: Any, cfg: ColdStartConfi
     out_dir = Path(run_dir) / COLD_START_DIR
     if write_files:
         out_dir.mkdir(parents=True, exist_ok=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = cold_start_optimizer(model, cfg)
     log = logger.info if write_files else _quiet
     log("cold start: %d supervised steps of %d on %d formatted solutions (%s)", cfg.steps, cfg.batch_size,
         len(examples), next(model.parameters()).device)
-    batches = [[examples[(step * cfg.batch_size + i) % len(examples)] for i in range(cfg.batch_size)]
-               for step in range(cfg.steps)]
-    records = supervised_steps(model, tokenizer, batches, optimizer, metrics_path=out_dir / "metrics.jsonl"
+    records = supervised_steps(model, tokenizer, cold_start_batches(examples, cfg), optimizer,
+                               metrics_path=out_dir / "metrics.jsonl"
                                if write_files else None, log=log, label="cold start")
     del optimizer
     if write_files:
@@ -111,6 +109,19 @@ def cold_start_examples(tokenizer: Any, dataset: Any, cfg: ColdStartConfig, seed
     order = list(range(len(dataset)))
     random.Random(seed).shuffle(order)
     return [solution_example(tokenizer, dataset[i], layout) for i in order[: min(wanted, len(order))]]
+
+
+def cold_start_batches(examples: list[Example], cfg: ColdStartConfig) -> list[list[Example]]:
+    """`cfg.steps` batches of `cfg.batch_size` examples, in order, cycling through them when steps x
+    batch_size exceeds their number."""
+    return [[examples[(step * cfg.batch_size + i) % len(examples)] for i in range(cfg.batch_size)]
+            for step in range(cfg.steps)]
+
+
+def cold_start_optimizer(model: Any, cfg: ColdStartConfig) -> torch.optim.Optimizer:
+    """The cold start's optimizer: AdamW over the trainable parameters at cfg.learning_rate, no weight decay."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                             weight_decay=0.0)
 
 
 def solution_example(tokenizer: Any, row: dict[str, Any], layout: Layout = R1) -> Example:

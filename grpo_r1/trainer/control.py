@@ -43,7 +43,9 @@ from grpo_r1.run.folder import RECIPE_FILE
 from grpo_r1.run.tracking import read_metrics
 from grpo_r1.trainer.cold_start import (
     COLD_START_DIR,
+    cold_start_batches,
     cold_start_examples,
+    cold_start_optimizer,
     solution_example,
     supervised_steps,
 )
@@ -128,7 +130,7 @@ def run_control(run_dir: str | Path, arm: str, out_dir: str | Path | None = None
                           f"schedule and question order); this run trained by epochs (max_steps {args.max_steps})")
     cold = recipe.cold_start
     if arm == "sft":
-        load_adapter_weights(model, run_dir / COLD_START_DIR / "adapter" / "adapter_model.safetensors")
+        load_adapter_weights(model, _cold_start_weights(run_dir))
         order = grpo_question_order(recipe, len(dataset), args, steps_taken)
         batches = [[solution_example(tokenizer, dataset[i], recipe.layout) for i in rows] for rows in order]
         optimizer = grpo_optimizer(model, args)
@@ -138,15 +140,13 @@ def run_control(run_dir: str | Path, arm: str, out_dir: str | Path | None = None
                                   scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         detail = {"questions": order, "learning_rate": args.learning_rate, "lr_scheduler": str(args.lr_scheduler_type),
                   "optimizer": args.optim.value, "weight_decay": args.weight_decay,
-                  "started_from": str(run_dir / COLD_START_DIR / "adapter")}
+                  "started_from": str(_cold_start_weights(run_dir).parent)}
         max_grad_norm = args.max_grad_norm
     else:
         longer = dataclasses.replace(cold, steps=cold.steps + steps_taken)
-        examples = cold_start_examples(tokenizer, dataset, longer, recipe.run.seed, recipe.layout)
-        batches = [[examples[(step * cold.batch_size + i) % len(examples)] for i in range(cold.batch_size)]
-                   for step in range(longer.steps)]
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cold.learning_rate,
-                                      weight_decay=0.0)  # the cold start's own optimizer
+        batches = cold_start_batches(cold_start_examples(tokenizer, dataset, longer, recipe.run.seed, recipe.layout),
+                                     longer)
+        optimizer = cold_start_optimizer(model, longer)
         scheduler, max_grad_norm = None, 1.0
         detail = {"learning_rate": cold.learning_rate, "batch_size": cold.batch_size, "started_from": "a fresh adapter"}
     out.mkdir(parents=True, exist_ok=True)
@@ -197,10 +197,14 @@ def _run_recipe(run_dir: Path) -> Recipe:
     if not recipe.cold_start.steps:
         raise RecipeError(f"the run in {str(run_dir)!r} had no cold start (cold_start.steps: 0); the controls "
                              f"start from a cold-start adapter, so train the run with cold_start.steps > 0")
-    weights = run_dir / COLD_START_DIR / "adapter" / "adapter_model.safetensors"
+    weights = _cold_start_weights(run_dir)
     if not weights.is_file():
         raise RecipeError(f"{str(weights)!r} is missing: the run's cold start did not finish; train it again")
     return recipe
+
+
+def _cold_start_weights(run_dir: Path) -> Path:
+    return run_dir / COLD_START_DIR / "adapter" / "adapter_model.safetensors"
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
