@@ -17,7 +17,13 @@
 #              .carry/before (git archive COMMIT grpo_r1 rewards recipes | tar -x -C .carry/before),
 #              for a before/after pair in one invocation
 #   batched_mb24, batched_mb48  the batched shape in 2 micro-batches of 24, or 1 of 48 (instead of 4 of 12)
-#   batched_mb24_expandable     2 of 24 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+#   batched_mb24_expandable, batched_mb48_expandable  2 of 24 or 1 of 48 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+#   batched_liger_mb24  the batched shape as the planner picked it: Liger's loss, 2 micro-batches of 24
+#   plan_batched  python -m grpo_r1.plan at the batched shape, levers micro_batch and liger (PLAN_LEVERS)
+#   plan_7b       python -m grpo_r1.plan for Qwen2.5-7B in 4 bits (QLoRA) at the seed shape, levers merged_weights
+#                 and load_in_4bit (PLAN_LEVERS)
+#   plan_qwen3b   python -m grpo_r1.plan for recipes/qwen3b_gsm8k.yaml with model.backend=transformers
+#                 generation.engine=hf-compiled, at random init (default levers, or PLAN_LEVERS)
 # Each part writes PART.json / PART.log into $OUT (default /tmp/out) and is cut off after its
 # share of the 10-minute device call (TIMEOUT_PART or PART_TIMEOUT seconds, default 300).
 # LEVERS="a b" picks the memory levers to run (default: all of benchmarks/memory_levers.sh).
@@ -37,6 +43,10 @@ SEED_REWARDS='rewards=[xml_count, soft_format, strict_format, int_answer, gsm8k_
 bench() { local name=$1; shift
   (cd "${CODE_DIR:-.}" && PYTHONPATH=/tmp/site:$PWD timeout $limit python -m grpo_r1.bench $R "${QWEN_ARGS[@]}" "$@" \
     --gpu-mem 24 --steps $STEPS --warmup $WARMUP --out "$out/$name.json") 2>&1 | tee "$out/$name.log" | show; }
+# plan PART RECIPE [overrides and options ...]: python -m grpo_r1.plan into PART.json / PART.log
+plan() { local name=$1 recipe=$2; shift 2
+  PYTHONPATH=/tmp/site:$PWD timeout $limit python -m grpo_r1.plan "$recipe" "${QWEN_ARGS[@]}" "$@" --mem 24 \
+    --steps ${PLAN_STEPS:-2} --warmup ${PLAN_WARMUP:-1} --out "$out/$name.json" 2>&1 | tee "$out/$name.log" | show 30; }
 for part in "$@"; do
   var=TIMEOUT_$part; limit=${!var:-${PART_TIMEOUT:-300}}
   echo "== $part ($(date +%T))"
@@ -49,7 +59,18 @@ for part in "$@"; do
     batched_mb24) bench batched_mb24 training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
     batched_mb24_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_mb24_expandable \
         training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
+    batched_mb48_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_mb48_expandable \
+        training.per_device_train_batch_size=48 training.gradient_accumulation_steps=1 ;;
+    batched_liger_mb24) bench batched_liger_mb24 training.use_liger_kernel=true training.per_device_train_batch_size=24 \
+        training.gradient_accumulation_steps=2 ;;
     batched_mb48) bench batched_mb48 training.per_device_train_batch_size=48 training.gradient_accumulation_steps=1 ;;
+    plan_batched) plan plan_batched $R "${BATCHED[@]}" --levers ${PLAN_LEVERS:-micro_batch,liger} ;;
+    plan_7b) plan plan_7b $R model.architecture=qwen2.5-7b model.load_in_4bit=true generation.merged_weights=false \
+        --levers ${PLAN_LEVERS:-merged_weights,load_in_4bit} ;;
+    plan_qwen3b) plan plan_qwen3b recipes/qwen3b_gsm8k.yaml model.init=random model.architecture=qwen2.5-3b \
+        model.backend=transformers model.gradient_checkpointing=true generation.engine=hf-compiled \
+        logging.report_to=none 'rewards=[xml_count, soft_format, strict_format, int_answer, gsm8k_correctness, "rewards.benchmark:text_hash"]' \
+        ${PLAN_LEVERS:+--levers $PLAN_LEVERS} ;;
     batched_zero) bench batched_zero "${BATCHED[@]}" "$SEED_REWARDS" ;;
     batched_fused) bench batched_fused "${BATCHED[@]}" training.optim=adamw_torch_fused ;;
     batched_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_expandable "${BATCHED[@]}" ;;

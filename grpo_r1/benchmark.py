@@ -31,6 +31,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -86,11 +87,15 @@ def variant_recipe(recipe: Recipe, variant: str) -> Recipe:
 
 
 def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float | None = None,
-              variant: str = "grpo_r1", measure_peaks: bool = True) -> dict[str, Any]:
+              variant: str = "grpo_r1", measure_peaks: bool = True,
+              before_steps: Callable[[Recipe, Any, Any, list[Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run `warmup + steps` GRPO steps of `recipe` in this process and return the figures (see the module doc).
 
     `measure_peaks`: time a matrix product and a copy on the device first, the ceilings the
     achieved FLOP/s and bytes/s are set against (grpo_r1.throughput.measure_device_peaks).
+    `before_steps(recipe, loaded, dataset, reward_funcs)`: called once the model is loaded, before the
+    trainer is built (the planner's worst-case preflight); what it returns is the result's "before_steps",
+    and what it raises ends the bench.
     """
     if steps < 1 or warmup < 0:
         raise RecipeError(f"--steps must be at least 1 and --warmup at least 0; got {steps} and {warmup}")
@@ -110,6 +115,7 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
     reward_funcs = load_reward_functions(recipe.rewards, dataset.column_names, base_dir=recipe.base_dir)
     check_engine(engine_settings(recipe), recipe.model.name_or_path)
     loaded = load_model(recipe)
+    before = before_steps(recipe, loaded, dataset, reward_funcs) if before_steps is not None else None
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")  # the trainer's
     peaks = measure_device_peaks(device, loaded.dtype) if measure_peaks else None
     workdir = Path(tempfile.mkdtemp(prefix="grpo_r1_bench_"))
@@ -189,6 +195,7 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
         "grad_norm_median": _median_or_none(h.get("grad_norm") for h in measured),
         "frac_reward_zero_std_mean": _mean_or_none(h.get("frac_reward_zero_std") for h in measured),
         "per_step": per_step,
+        "before_steps": before,
     }
     if peaks is not None:
         for key, ceiling, name in (("train_tflops_per_s", "matmul_tflops", "train_of_matmul"),

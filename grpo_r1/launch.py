@@ -127,6 +127,12 @@ def check_launch(recipe: Any, launch: Launch) -> None:
             f"need, which sharded parameters (FSDP, ZeRO-3; this run: {launch.describe()}) cannot follow; use "
             f"generation.engine=hf (TRL keeps the processes in step), or recipes/accelerate/ddp.yaml"
         )
+    if recipe.run.auto_fit:
+        raise RecipeError(
+            f"run.auto_fit measures each candidate on one GPU in a process of its own, and this run has "
+            f"{launch.world_size} processes; run python -m grpo_r1.plan RECIPE on one GPU, put the overrides it prints "
+            f"into the recipe, and set run.auto_fit=false under accelerate launch"
+        )
     if recipe.generation.resample_equal_groups:
         raise RecipeError(
             f"generation.resample_equal_groups runs on one process only: each process would draw its own replacement "

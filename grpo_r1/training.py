@@ -32,6 +32,7 @@ from grpo_r1.engines import check_engine, engine_from_recipe, engine_settings
 from grpo_r1.errors import GrpoR1Error, RecipeError
 from grpo_r1.launch import Launch, agree, barrier, check_launch, join, launch_from_env, on_main_then_share
 from grpo_r1.model import check_model_can_load, load_model
+from grpo_r1.planning import fit_recipe
 from grpo_r1.recipe import Recipe
 from grpo_r1.run.checkpoints import install_checkpointing, latest_checkpoint, restore_grpo_state
 from grpo_r1.run.folder import RECIPE_FILE, RunFolder, check_run_dir
@@ -102,6 +103,9 @@ def _train(recipe: Recipe, folder: RunFolder, *, overwrite: bool, resume: str | 
     batch.check_fits(len(dataset))
     check_machine(recipe)
     launch = start_processes(recipe, launch)
+    if recipe.run.auto_fit:
+        recipe = auto_fit(recipe, resume)
+        batch = check_training(recipe, processes=launch.world_size)
     plan = plan_run(recipe, launch, resume=resume, recipe_name=recipe_name, overwrite=overwrite)
     loaded = load_seeded_model(recipe, launch)
     if not launch.shards_parameters:  # sharded, the model is whole only once the trainer wraps it
@@ -137,6 +141,16 @@ def check_machine(recipe: Recipe) -> None:
         raise RecipeError("model.init is 'random': its weights are noise, made for measuring speed and memory with "
                           "python -m grpo_r1.bench; set model.train_random_init=true to train it anyway")
     check_engine(engine_settings(recipe), recipe.model.name_or_path)
+
+
+def auto_fit(recipe: Recipe, resume: str | Path | None) -> Recipe:
+    """`run.auto_fit`: the recipe with the fastest settings that fit (grpo_r1.planning), for a new run; the run
+    folder's recipe.yaml records them, with auto_fit off, which is the recipe to resume it with."""
+    if resume is not None:
+        raise RecipeError("run.auto_fit picks the settings of a new run, and the run being resumed already has its "
+                          "own: resume it with the recipe.yaml in its run folder (python -m grpo_r1.train "
+                          "RUN_DIR/recipe.yaml --resume RUN_DIR), or set run.auto_fit=false")
+    return fit_recipe(recipe)
 
 
 def start_processes(recipe: Recipe, launch: Launch) -> Launch:

@@ -209,6 +209,10 @@ class RunConfig:
     # an out-of-memory shows at once (see grpo_r1/trainer/preflight.py). "auto": on when one process
     # trains on a CUDA GPU (not under accelerate launch, not with training.use_cpu).
     preflight: bool | Literal["auto"] = "auto"
+    # Before training, try the memory and speed levers (micro-batch, checkpointing, Liger's loss, the
+    # merged decoder) each in a process of its own and train with the fastest that fits this GPU
+    # (grpo_r1/planning.py; `python -m grpo_r1.plan` prints the same table). One process only, new runs only.
+    auto_fit: bool = False
 
 
 # False too: YAML 1.1 reads a bare `off` as false.

@@ -70,7 +70,13 @@ logger = logging.getLogger(__name__)
 
 
 class PreflightError(GrpoR1Error):
-    """The worst-case step does not fit: the message names the phase, the figures and the settings to lower."""
+    """The worst-case step does not fit: the message names the phase, the figures and the settings to lower;
+    `peak_bytes` and `cap_bytes` are the peak memory when it ran out and the cap (None where unknown)."""
+
+    def __init__(self, message: str, peak_bytes: int | None = None, cap_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.peak_bytes = peak_bytes
+        self.cap_bytes = cap_bytes
 
 
 @dataclass
@@ -165,7 +171,7 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
                                             reserve.numel() if reserve is not None else None,
                                             decoder_hold.numel() if decoder_hold is not None else None,
                                             peak, tracker.phase == GENERATION))
-            raise PreflightError(message) from None
+            raise PreflightError(message, peak, cap) from None
         finally:
             del trainer, reserve, decoder_hold, batch, loss
             state.restore(model)

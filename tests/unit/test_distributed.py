@@ -89,6 +89,13 @@ def test_dynamic_sampling_is_refused_on_several_processes():
     check_launch(resampling, Launch())
 
 
+def test_auto_fit_is_refused_on_several_processes():
+    fitting = load_recipe(CPU_RECIPE, ["run.auto_fit=true"])
+    with pytest.raises(RecipeError, match="run.auto_fit measures each candidate on one GPU.*2 processes.*grpo_r1.plan"):
+        check_launch(fitting, Launch(world_size=2, rank=0))
+    check_launch(fitting, Launch())
+
+
 def test_num_generations_divides_the_batch_of_all_processes():
     # 1 question per device: a group of 2 only forms across the 2 processes.
     overrides = ["training.per_device_train_batch_size=1", "generation.num_generations=2"]

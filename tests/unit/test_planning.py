@@ -1,0 +1,120 @@
+"""The planner's search (grpo_r1.planning) on real recipes: which candidates it runs in which order, what it
+skips, what it picks, and its refusals. The probes here answer from a memory model of the candidate (what a
+probe's process would report), so the search itself is what is tested; tests/train/test_plan.py runs real
+probes."""
+
+from __future__ import annotations
+
+import pytest
+
+from grpo_r1.errors import RecipeError
+from grpo_r1.planning import FITS, OUT_OF_MEMORY, SKIPPED, PlanSettings, apply_candidate, plan_recipe
+from grpo_r1.recipe import load_recipe
+from tests.helpers import CPU_RECIPE
+
+# 8 questions x 6 completions a step in 4 micro-batches of 12, as the GPU bench's batched shape
+BATCHED = ["generation.num_generations=6", "training.per_device_train_batch_size=12",
+           "training.gradient_accumulation_steps=4", "model.gradient_checkpointing=true"]
+
+
+def memory_model(limit_rows: int, seconds: dict[int, float] | None = None):
+    """A probe whose candidate holds micro-batch rows with checkpointing and 1.5 times that without; it fits when
+    that is at most `limit_rows` and takes `seconds[rows]` (default 10 / rows) per step."""
+    seen = []
+
+    def run_probe(recipe, settings):
+        rows = recipe.training["per_device_train_batch_size"] * (1 if recipe.model.gradient_checkpointing else 1.5)
+        seen.append((recipe.training["per_device_train_batch_size"], recipe.training["gradient_accumulation_steps"],
+                     recipe.model.gradient_checkpointing, recipe.run.auto_fit))
+        if rows > limit_rows:
+            return {"status": OUT_OF_MEMORY, "worst_case_peak_gib": 24.0, "cap_gib": 24.0, "note": "too big"}
+        step = (seconds or {}).get(rows, 10.0 / rows)
+        return {"status": FITS, "worst_case_peak_gib": rows / 2, "cap_gib": 24.0, "s_per_step": step,
+                "questions_per_s": 8 / step}
+
+    return run_probe, seen
+
+
+def test_micro_batches_grow_while_they_fit_and_a_candidate_with_more_memory_than_a_failure_is_skipped():
+    recipe = load_recipe(CPU_RECIPE, BATCHED)
+    run_probe, seen = memory_model(limit_rows=24)
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch", "checkpointing")), run_probe=run_probe)
+    # checkpointing on: 12 fits, 24 fits, 48 does not; off: 12 (18 rows) fits, 24 (36 rows) does not
+    assert seen == [(12, 4, True, False), (24, 2, True, False), (48, 1, True, False),
+                    (12, 4, False, False), (24, 2, False, False)]
+    statuses = [(p.candidate.micro_batch, p.status) for p in plan.probes]
+    assert statuses == [(12, FITS), (24, FITS), (48, OUT_OF_MEMORY), (12, FITS), (24, OUT_OF_MEMORY)]
+    # 24 rows with checkpointing: 10/24 s, the fastest
+    assert plan.best.candidate.overrides == ("training.per_device_train_batch_size=24",
+                                             "training.gradient_accumulation_steps=2")
+    picked = apply_candidate(recipe, plan.best.candidate)
+    assert picked.training["per_device_train_batch_size"] == 24 and picked.training["gradient_accumulation_steps"] == 2
+    assert picked.run.auto_fit is False and picked.source == recipe.source and picked.base_dir == recipe.base_dir
+
+
+def test_a_skipped_candidate_says_which_failure_it_would_repeat():
+    recipe = load_recipe(CPU_RECIPE, BATCHED)
+    run_probe, seen = memory_model(limit_rows=20)
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch", "checkpointing")), run_probe=run_probe)
+    skipped = [p for p in plan.probes if p.status == SKIPPED]
+    # on at 24 failed; off at 12 fits (18 rows); off at 24 holds at least what on at 24 did, so it is not run
+    assert [(p.candidate.micro_batch, dict(p.candidate.settings)["model.gradient_checkpointing"]) for p in skipped] \
+        == [(24, False)]
+    assert (24, 2, False, False) not in seen and len(seen) == 3
+    assert skipped[0].note == ("holds at least the memory of training.per_device_train_batch_size=24 "
+                               "training.gradient_accumulation_steps=2, which did not fit")
+
+
+def test_when_the_recipe_does_not_fit_the_micro_batch_shrinks_until_one_does():
+    recipe = load_recipe(CPU_RECIPE, BATCHED)
+    run_probe, seen = memory_model(limit_rows=3)
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch",)), run_probe=run_probe)
+    assert [s[0] for s in seen] == [12, 6, 3]  # the halvings of 12 that divide 48, largest first
+    assert plan.best.candidate.overrides == ("training.per_device_train_batch_size=3",
+                                             "training.gradient_accumulation_steps=16")
+
+
+def test_the_recipes_own_settings_stay_when_they_are_within_the_margin_of_the_fastest():
+    recipe = load_recipe(CPU_RECIPE, BATCHED)
+    run_probe, _ = memory_model(limit_rows=48, seconds={12: 3.0, 24: 2.9, 48: 2.0})
+    close = plan_recipe(recipe, PlanSettings(levers=("micro_batch",), micro_batches=(12, 24)), run_probe=run_probe)
+    assert close.best.candidate.overrides == () and "within 5%" in close.reason
+    far = plan_recipe(recipe, PlanSettings(levers=("micro_batch",)), run_probe=run_probe)
+    assert far.best.candidate.micro_batch == 48 and far.reason == "the fastest candidate that fits"
+
+
+def test_nothing_fits_gives_no_pick():
+    recipe = load_recipe(CPU_RECIPE, BATCHED)
+    run_probe, seen = memory_model(limit_rows=0)
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch",)), run_probe=run_probe)
+    assert plan.best is None and plan.reason == "no candidate fits"
+    assert [s[0] for s in seen] == [12, 6, 3, 1]
+
+
+def test_steps_per_generation_follows_the_micro_batch_so_the_round_keeps_its_completions():
+    recipe = load_recipe(CPU_RECIPE, [*BATCHED, "training.steps_per_generation=8"])  # 96 per round
+    run_probe, _ = memory_model(limit_rows=24)
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch",)), run_probe=run_probe)
+    for probe in plan.probes:
+        settings = dict(probe.candidate.settings)
+        assert settings["training.per_device_train_batch_size"] * settings["training.steps_per_generation"] == 96
+        assert settings["training.per_device_train_batch_size"] * settings["training.gradient_accumulation_steps"] \
+            == 48
+
+
+@pytest.mark.parametrize(("settings", "overrides", "message"), [
+    (dict(levers=("speed",)), [], "unknown lever 'speed'"),
+    (dict(levers=()), [], "name at least one lever"),
+    (dict(steps=0), [], "at least 1 step"),
+    (dict(memory_gib=0), [], "--mem is the memory"),
+    (dict(levers=("micro_batch",), micro_batches=(5,)), BATCHED, "must divide the 48 completions"),
+    (dict(levers=("liger",)), [], "the liger lever needs a CUDA GPU and liger-kernel"),
+    (dict(levers=("load_in_4bit",)), [], "needs a CUDA GPU and bitsandbytes"),
+    (dict(levers=("merged_weights",)), ["generation.engine=hf"], "needs generation.engine=hf-compiled"),
+])
+def test_bad_plans_are_refused_with_the_fix(settings, overrides, message):
+    recipe = load_recipe(CPU_RECIPE, overrides)
+    run_probe, seen = memory_model(limit_rows=48)
+    with pytest.raises(RecipeError, match=message):
+        plan_recipe(recipe, PlanSettings(**settings), run_probe=run_probe)
+    assert seen == []  # refused before any probe
