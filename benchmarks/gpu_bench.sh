@@ -19,6 +19,8 @@
 #   batched_mb24, batched_mb48  the batched shape in 2 micro-batches of 24, or 1 of 48 (instead of 4 of 12)
 #   batched_mb24_expandable, batched_mb48_expandable  2 of 24 or 1 of 48 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 #   batched_liger_mb24  the batched shape as the planner picked it: Liger's loss, 2 micro-batches of 24
+#   phase_memory  the peak memory of each phase of real steps beside the preflight's (benchmarks/phase_memory.py),
+#                 at the batched shape in 2 micro-batches of 24 (PHASE_ARGS replaces that)
 #   plan_batched  python -m grpo_r1.plan at the batched shape, levers micro_batch and liger (PLAN_LEVERS)
 #   plan_7b       python -m grpo_r1.plan for Qwen2.5-7B in 4 bits (QLoRA) at the seed shape, levers merged_weights
 #                 and load_in_4bit (PLAN_LEVERS)
@@ -64,6 +66,9 @@ for part in "$@"; do
     batched_liger_mb24) bench batched_liger_mb24 training.use_liger_kernel=true training.per_device_train_batch_size=24 \
         training.gradient_accumulation_steps=2 ;;
     batched_mb48) bench batched_mb48 training.per_device_train_batch_size=48 training.gradient_accumulation_steps=1 ;;
+    phase_memory) timeout $limit python benchmarks/phase_memory.py $R "${QWEN_ARGS[@]}" \
+        ${PHASE_ARGS:-training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2} --steps 2 2>&1 \
+        | tee "$out/phase_memory.log" | grep -E "^\||^preflight|^highest|rror" ;;
     plan_batched) plan plan_batched $R "${BATCHED[@]}" --levers ${PLAN_LEVERS:-micro_batch,liger} ;;
     plan_7b) plan plan_7b $R model.architecture=qwen2.5-7b model.load_in_4bit=true generation.merged_weights=false \
         --levers ${PLAN_LEVERS:-merged_weights,load_in_4bit} ;;

@@ -17,9 +17,11 @@ recipe allows, so that an out-of-memory shows now:
     training     the policy forward and backward pass of one micro-batch
 
 It runs them through a throwaway GRPOTrainer built with the run's own GRPOConfig, so the batch
-layout is TRL's. On a CUDA GPU the optimizer state the first real step allocates is reserved
-too. No optimizer step is taken and the gradients are dropped afterwards: the model's weights
-are left exactly as they were.
+layout is TRL's, and its model's forward is wrapped as accelerate prepares a run's: under mixed
+precision, autocast with the outputs (the logits) converted to float32 (`forward_as_prepared`).
+On a CUDA GPU the optimizer state the first real step allocates is reserved too. No optimizer
+step is taken and the gradients are dropped afterwards: the model's weights are left exactly as
+they were.
 
 An out-of-memory becomes a PreflightError that names the phase that ran out, the shape, the
 peak memory against the cap, a breakdown (weights, optimizer state, KV cache, activations and
@@ -33,12 +35,14 @@ import gc
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import convert_outputs_to_fp32
 
 from grpo_r1.engines import engine_memory_need, engine_settings
 from grpo_r1.errors import GrpoR1Error, RewardError
@@ -151,7 +155,7 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
                 trl_private.force_completion_length(trainer, worst.completion_tokens)
                 trl_private.watch_phases(trainer, tracker)
                 trl_private.prepare_for_step(trainer)
-                with trainer.accelerator.autocast():  # what accelerator.prepare wraps the model's forward in
+                with forward_as_prepared(trainer):
                     batch = trl_private.generate_batch(trainer, [dataset[row]] * worst.generation_batch)
                     tracker.enter(POLICY_FORWARD)
                     with trainer.compute_loss_context_manager():
@@ -180,6 +184,29 @@ def preflight_step(recipe: Recipe, loaded: Any, dataset: Any, reward_funcs: Sequ
         peak, cap = meter.peak(), meter.cap()
     return PreflightReport(worst_case=worst, phases=tracker.phases, seconds=time.perf_counter() - started,
                            peak_bytes=peak, cap_bytes=cap, memory_kind=meter.kind)
+
+
+@contextmanager
+def forward_as_prepared(trainer: Any) -> Iterator[None]:
+    """Run the trainer's model as `accelerator.prepare` makes a real run's: with mixed precision on (bf16 or
+    fp16), its forward runs under autocast and its outputs come back in float32, a float32 copy of the
+    logits beside the half-precision ones. The preflight's throwaway trainer is never prepared, so without
+    this its forwards would hold about one micro-batch of float32 logits less than the run's."""
+    accelerator, model = trainer.accelerator, trainer.model
+    if not accelerator.native_amp:
+        yield
+        return
+    had_own = "forward" in vars(model)
+    original = model.forward
+    model.forward = convert_outputs_to_fp32(original)
+    try:
+        with accelerator.autocast():
+            yield
+    finally:
+        if had_own:
+            model.forward = original
+        else:
+            del model.forward
 
 
 # ----------------------------------------------------------------------------- internals

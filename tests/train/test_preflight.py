@@ -4,6 +4,7 @@ On this CPU it runs the same code as on a GPU. The out-of-memory path is tested 
 phase raise torch.OutOfMemoryError (the only fake here: there is no GPU to fill).
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -143,3 +144,25 @@ def test_a_reward_that_breaks_on_a_full_length_completion_fails_in_the_preflight
     assert message.endswith("(found by the preflight, on completions of the longest prompt with "
                             "generation.max_completion_length=16 tokens)")
     assert not run_dir.exists()
+
+
+def test_under_mixed_precision_the_preflight_forwards_return_float32_as_a_prepared_model_does(tmp_path):
+    # accelerate's prepare_model (bf16 or fp16) converts the forward's outputs to float32, a float32 copy of
+    # the logits; the preflight's trainer is never prepared, so it must do the same or measure too little
+    # (a CPU run refuses model.dtype=bfloat16, so the float32 load is cast, as a GPU would load it)
+    recipe = load_recipe(CPU_RECIPE, [*TINY, "rewards=[recorder]"])
+    loaded = dataclasses.replace(load_model(recipe), dtype=torch.bfloat16)
+    loaded.model.to(torch.bfloat16)
+    dataset = load_questions(recipe.data, seed=recipe.run.seed)
+    model = loaded.model
+    seen = []
+    handle = model.register_forward_hook(lambda module, args, output: seen.append(output.logits.dtype))
+    try:
+        preflight_step(recipe, loaded, dataset, [RewardRecorder()], cpu=True)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {torch.float32}, seen  # the reference and policy forwards, as in a real run
+    assert "forward" not in vars(model), "the preflight left its forward wrapper on the model"
+    ids = loaded.tokenizer("2+2=", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.dtype == torch.bfloat16
