@@ -16,8 +16,9 @@ Options:
     --micro-batches LIST  the micro-batch sizes to try (default: the recipe's, its halvings and
                        doublings, and the whole step)
     --steps N          timed steps per fitting candidate (default 3), after --warmup W (default 1)
-    --margin F         keep the recipe's own settings when they are within this fraction of the
-                       fastest (default 0.05)
+    --margin F         candidates within this fraction of the fastest count as fast as it: the
+                       recipe's own settings stay when they are among them, otherwise the one
+                       with the least memory at the worst case is picked (default 0.05)
     --out FILE         the plan as JSON (default plan.json)
 """
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batches", default="", help="micro-batch sizes to try, comma-separated")
     parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per fitting candidate")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default 1)")
-    parser.add_argument("--margin", type=float, default=0.05, help="keep the recipe when within this fraction")
+    parser.add_argument("--margin", type=float, default=0.05, help="within this fraction counts as fastest")
     parser.add_argument("--out", default="plan.json", help="where to write the plan as JSON")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # one candidate in this process, into this JSON file
     parser.add_argument("--base-dir", help=argparse.SUPPRESS)  # the original recipe's folder, for a probe

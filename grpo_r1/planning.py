@@ -32,7 +32,8 @@ Not every combination is run. The levers' combinations are taken in turn, the re
 in each, the micro-batch starts at the recipe's and grows while it fits and, when even that does
 not fit, shrinks until one does. A candidate that holds at least as much memory in every lever as
 one that did not fit is not run ("skipped"). The pick is the fastest candidate that fits; when the
-recipe's own settings fit and are within `margin` of it, they stay.
+recipe's own settings fit and are within `margin` of it, they stay, and otherwise, of the candidates
+within `margin` of the fastest, the one with the least memory at the worst case.
 """
 
 from __future__ import annotations
@@ -222,18 +223,24 @@ def fit_recipe(recipe: Recipe) -> Recipe:
 
 
 def choose(probes: Sequence[Probe], margin: float) -> tuple[Probe | None, str]:
-    """The fastest probe that fits, or the recipe's own when it fits and is within `margin` of it; and why."""
+    """The pick among the probes that fit and those within `margin` of the fastest: the recipe's own settings
+    when they are among them, otherwise the one with the lowest worst-case peak; and why."""
     timed = [p for p in probes if p.status == FITS and p.s_per_step is not None]
     if not timed:
         return None, "no candidate fits"
     fastest = min(timed, key=lambda p: p.s_per_step)
-    own = next((p for p in timed if not p.candidate.overrides), None)
-    if own is not None and own is not fastest and own.s_per_step <= fastest.s_per_step * (1 + margin):
-        return own, (f"the recipe's own settings fit and are within {margin:.0%} of the fastest "
-                     f"({own.s_per_step:.2f} against {fastest.s_per_step:.2f} s/step)")
+    near = [p for p in timed if p.s_per_step <= fastest.s_per_step * (1 + margin)]
+    own = next((p for p in near if not p.candidate.overrides), None)
     if own is fastest:
         return own, "the recipe's own settings fit and were the fastest"
-    return fastest, "the fastest candidate that fits"
+    if own is not None:
+        return own, (f"the recipe's own settings fit and are within {margin:.0%} of the fastest "
+                     f"({own.s_per_step:.2f} against {fastest.s_per_step:.2f} s/step)")
+    pick = min(near, key=lambda p: (p.worst_case_peak_gib is None, p.worst_case_peak_gib or 0.0, p.s_per_step))
+    if pick is fastest:
+        return pick, "the fastest candidate that fits"
+    return pick, (f"within {margin:.0%} of the fastest ({pick.s_per_step:.2f} against {fastest.s_per_step:.2f} "
+                  f"s/step) with the least memory at the worst case")
 
 
 def candidate_values(recipe: Recipe, settings: PlanSettings) -> dict[str, list[Any]]:

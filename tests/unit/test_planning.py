@@ -83,6 +83,16 @@ def test_the_recipes_own_settings_stay_when_they_are_within_the_margin_of_the_fa
     assert far.best.candidate.micro_batch == 48 and far.reason == "the fastest candidate that fits"
 
 
+def test_of_the_candidates_within_the_margin_of_the_fastest_the_one_with_the_least_memory_is_picked():
+    recipe = load_recipe(CPU_RECIPE, BATCHED)
+    run_probe, _ = memory_model(limit_rows=48, seconds={12: 3.0, 24: 2.04, 48: 2.0})
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch",)), run_probe=run_probe)
+    assert plan.best.candidate.micro_batch == 24  # 2% slower than 48, at half its worst-case peak
+    assert plan.reason == "within 5% of the fastest (2.04 against 2.00 s/step) with the least memory at the worst case"
+    exact = plan_recipe(recipe, PlanSettings(levers=("micro_batch",), margin=0.0), run_probe=run_probe)
+    assert exact.best.candidate.micro_batch == 48
+
+
 def test_nothing_fits_gives_no_pick():
     recipe = load_recipe(CPU_RECIPE, BATCHED)
     run_probe, seen = memory_model(limit_rows=0)
