@@ -70,6 +70,10 @@ SHAPE_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "ste
               "generation_batch_size", "beta", "learning_rate", "num_iterations")
 
 
+class BenchOutOfMemory(GrpoR1Error):
+    """A measured step ran out of GPU memory (the message says how much it asked for and what to lower)."""
+
+
 def variant_recipe(recipe: Recipe, variant: str) -> Recipe:
     """The recipe as variant `variant` runs it: "grpo_r1" unchanged; "trl" and "unsloth" keep the
     model, LoRA, data, rewards and generation shape but swap the machinery (see the module doc)."""
@@ -131,7 +135,7 @@ def run_bench(recipe: Recipe, *, steps: int = 5, warmup: int = 2, gpu_mem: float
         trainer.train()
         merged = bool(getattr(engine, "merged", False) and getattr(engine, "uses_static_decoder", False))
     except torch.OutOfMemoryError as e:
-        raise GrpoR1Error(f"{variant}: out of GPU memory ({str(e).splitlines()[0][:160]}); lower the shape or "
+        raise BenchOutOfMemory(f"{variant}: out of GPU memory ({str(e).splitlines()[0][:160]}); lower the shape or "
                           f"raise --gpu-mem") from None
     finally:
         tokens.close()

@@ -39,7 +39,7 @@ from grpo_r1.recipe import load_recipe
 def main(argv: list[str] | None = None) -> int:
     parser = recipe_parser("python -m grpo_r1.plan", __doc__)
     parser.add_argument("--mem", type=float, help="the memory the run may use, GiB (default: the device's)")
-    parser.add_argument("--levers", default=",".join(DEFAULT_LEVERS), help="levers to try, comma-separated")
+    parser.add_argument("--levers", help=f"levers to try, comma-separated (default {','.join(DEFAULT_LEVERS)})")
     parser.add_argument("--micro-batches", default="", help="micro-batch sizes to try, comma-separated")
     parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per fitting candidate")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default 1)")
@@ -47,22 +47,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="plan.json", help="where to write the plan as JSON")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # one candidate in this process, into this JSON file
     parser.add_argument("--base-dir", help=argparse.SUPPRESS)  # the original recipe's folder, for a probe
+    parser.add_argument("--source", help=argparse.SUPPRESS)  # the original recipe's path, for a probe's messages
     args = parser.parse_intermixed_args(argv)
 
     def body() -> int:
-        settings = PlanSettings(levers=tuple(lever.strip() for lever in args.levers.split(",") if lever.strip()),
+        levers = None if args.levers is None else tuple(lever.strip() for lever in args.levers.split(",")
+                                                        if lever.strip())
+        settings = PlanSettings(levers=levers,
                                 memory_gib=args.mem, steps=args.steps, warmup=args.warmup, margin=args.margin,
                                 micro_batches=_sizes(args.micro_batches))
         recipe = load_recipe(args.recipe, args.overrides)
         if args.probe:
             recipe.base_dir = Path(args.base_dir) if args.base_dir else recipe.base_dir
+            recipe.source = args.source or recipe.source
             Path(args.probe).write_text(json.dumps(probe_candidate(recipe, settings), indent=2) + "\n")
             return 0
-        print(f"plan: {args.recipe}: levers {', '.join(settings.levers)}"
+        print(f"plan: {args.recipe}: levers {', '.join(settings.named_levers)}"
               + (f", {args.mem:g} GiB" if args.mem else "") + "; one process per candidate", flush=True)
         plan = plan_recipe(recipe, settings, on_probe=lambda probe: print(f"plan: {probe.describe()}", flush=True))
         Path(args.out).write_text(json.dumps(plan.as_dict(), indent=2) + "\n")
         print(format_plan(plan))
+        if plan.best is None and plan.reason != "no candidate fits":
+            print(f"plan: {plan.reason}; the candidates' notes say why")
+            print(f"plan: figures in {args.out}")
+            return 1
         if plan.best is None:
             print(f"plan: nothing fits{f' in {args.mem:g} GiB' if args.mem else ''}; the candidates' notes say "
                   f"why; try --levers with load_in_4bit, or a shorter generation.max_completion_length")
@@ -70,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         picked = list(plan.best.candidate.overrides)
         keys = {item.split("=", 1)[0] for item in picked}
-        kept = [item for item in args.overrides if item.split("=", 1)[0].strip() not in keys]
+        kept = [item for item in args.overrides if item.split("=", 1)[0].strip() not in keys | {"run.auto_fit"}]
+        if recipe.run.auto_fit:
+            picked.append("run.auto_fit=false")  # the command trains with the pick instead of planning again
         print(f"plan: {plan.reason}: {plan.best.s_per_step:.2f} s/step; train with:")
         print(f"    {shlex.join(['python', '-m', 'grpo_r1.train', args.recipe, *kept, *picked])}")
         print(f"plan: figures in {args.out}")

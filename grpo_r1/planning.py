@@ -34,6 +34,9 @@ not fit, shrinks until one does. A candidate that holds at least as much memory 
 one that did not fit is not run ("skipped"). The pick is the fastest candidate that fits; when the
 recipe's own settings fit and are within `margin` of it, they stay, and otherwise, of the candidates
 within `margin` of the fastest, the one with the least memory at the worst case.
+
+The cold start (cold_start.steps) is not probed. Its batches are small beside a GRPO step's, but a
+pick applies to it too: checkpointing turned off, for one.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,18 +59,19 @@ import torch
 import yaml
 from trl import GRPOConfig
 
-from grpo_r1.benchmark import run_bench
+from grpo_r1.benchmark import BenchOutOfMemory, run_bench
 from grpo_r1.errors import GrpoR1Error, RecipeError
 from grpo_r1.recipe import Recipe, recipe_from_dict
 from grpo_r1.recipe.loading import apply_override
 from grpo_r1.trainer.grpo_config import check_training
+from grpo_r1.trainer.memory import is_out_of_memory
 from grpo_r1.trainer.preflight import PreflightError, preflight_step
 
 logger = logging.getLogger(__name__)
 
 LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights", "optim", "load_in_4bit")
 DEFAULT_LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights")
-# The optimizers the optim lever takes, least memory first.
+# The optimizers the optim lever switches between: 8-bit state (paged), or fused 32-bit.
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_torch_fused")
 
 FITS, OUT_OF_MEMORY, FAILED, SKIPPED = "fits", "out of memory", "failed", "skipped"
@@ -78,18 +83,29 @@ class PlanSettings:
     the steps each fitting candidate is timed over, and how much faster another candidate must be to replace
     the recipe's own settings (0.05: 5%)."""
 
-    levers: tuple[str, ...] = DEFAULT_LEVERS
+    levers: tuple[str, ...] | None = None  # None: DEFAULT_LEVERS, those that cannot run here left out
     memory_gib: float | None = None
     steps: int = 3
     warmup: int = 1
     margin: float = 0.05
     micro_batches: tuple[int, ...] | None = None  # the micro_batch lever's values (default: see candidate_values)
+    probe_timeout_s: float = 1800.0  # a probe's process that runs longer is stopped and counts as failed
 
     def __post_init__(self) -> None:
+        if self.levers is None:
+            return self._check_figures()
         unknown = [lever for lever in self.levers if lever not in LEVERS]
         if unknown or not self.levers:
             raise RecipeError(f"unknown lever {', '.join(map(repr, unknown))}; the levers are {', '.join(LEVERS)}"
                               if unknown else f"name at least one lever: {', '.join(LEVERS)}")
+        self._check_figures()
+
+    @property
+    def named_levers(self) -> tuple[str, ...]:
+        """The levers to try: those named, or DEFAULT_LEVERS."""
+        return DEFAULT_LEVERS if self.levers is None else self.levers
+
+    def _check_figures(self) -> None:
         if self.steps < 1 or self.warmup < 0:
             raise RecipeError(f"the planner times at least 1 step after 0 or more warm-up steps; got --steps "
                               f"{self.steps} and --warmup {self.warmup}")
@@ -111,6 +127,7 @@ class Candidate:
 
     @property
     def micro_batch(self) -> int:
+        """Completions per forward + backward."""
         return self.memory[-1]
 
     def uses_at_least(self, other: Candidate) -> bool:
@@ -118,6 +135,7 @@ class Candidate:
         return all(mine >= theirs for mine, theirs in zip(self.memory, other.memory, strict=True))
 
     def describe(self) -> str:
+        """The candidate as its overrides, or "(the recipe as it is)"."""
         return " ".join(self.overrides) if self.overrides else "(the recipe as it is)"
 
 
@@ -146,6 +164,7 @@ class Probe:
                 + (f" ({self.note})" if self.note and self.status != FITS else ""))
 
     def as_dict(self) -> dict[str, Any]:
+        """The probe as JSON-ready data: the candidate's overrides and settings, then every figure."""
         figures = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "candidate"}
         return {"overrides": list(self.candidate.overrides), "settings": dict(self.candidate.settings), **figures}
 
@@ -160,7 +179,8 @@ class Plan:
     reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"levers": list(self.settings.levers), "memory_gib": self.settings.memory_gib,
+        """The plan as JSON-ready data (what `python -m grpo_r1.plan --out` writes)."""
+        return {"levers": list(self.settings.named_levers), "memory_gib": self.settings.memory_gib,
                 "steps": self.settings.steps, "warmup": self.settings.warmup, "margin": self.settings.margin,
                 "probes": [p.as_dict() for p in self.probes],
                 "best": None if self.best is None else self.best.as_dict(), "reason": self.reason}
@@ -186,7 +206,11 @@ def plan_recipe(recipe: Recipe, settings: PlanSettings, *,
             probe = Probe(candidate, SKIPPED,
                           note=f"holds at least the memory of {blocker.describe()}, which did not fit")
         else:
-            probe = _probe_from(candidate, run_probe(apply_candidate(recipe, candidate), settings))
+            try:
+                result = run_probe(apply_candidate(recipe, candidate), settings)
+            except RecipeError as exc:  # a combination TRL or a recipe check refuses: that candidate only
+                result = {"status": FAILED, "note": str(exc)}
+            probe = _probe_from(candidate, result)
             if probe.status == OUT_OF_MEMORY:
                 failed.append(candidate)
         plan.probes.append(probe)
@@ -214,10 +238,12 @@ def fit_recipe(recipe: Recipe) -> Recipe:
     device's memory allowed (each probe logged); RecipeError when none fits."""
     plan = plan_recipe(recipe, PlanSettings(), on_probe=lambda probe: logger.info("auto_fit: %s", probe.describe()))
     if plan.best is None:
-        raise RecipeError(f"run.auto_fit: no candidate of {recipe.source} fits this device ("
-                          + "; ".join(p.describe() for p in plan.probes[:4])
-                          + "); lower generation.max_completion_length or generation.num_generations, or run "
-                            "python -m grpo_r1.plan with --levers load_in_4bit to try a 4-bit base")
+        shown = "; ".join(p.describe()[:300] for p in plan.probes[:3])
+        if plan.reason != "no candidate fits":
+            raise RecipeError(f"run.auto_fit: {plan.reason} ({shown}); fix that, or set run.auto_fit=false")
+        raise RecipeError(f"run.auto_fit: no candidate of {recipe.source} fits this device ({shown}); lower "
+                          f"generation.max_completion_length or generation.num_generations, or run python -m "
+                          f"grpo_r1.plan with --levers load_in_4bit to try a 4-bit base")
     logger.info("auto_fit: %s; training with %s", plan.reason, plan.best.candidate.describe())
     return apply_candidate(recipe, plan.best.candidate)
 
@@ -227,6 +253,8 @@ def choose(probes: Sequence[Probe], margin: float) -> tuple[Probe | None, str]:
     when they are among them, otherwise the one with the lowest worst-case peak; and why."""
     timed = [p for p in probes if p.status == FITS and p.s_per_step is not None]
     if not timed:
+        if not any(p.status == OUT_OF_MEMORY for p in probes):
+            return None, "every candidate failed before it could be measured"
         return None, "no candidate fits"
     fastest = min(timed, key=lambda p: p.s_per_step)
     near = [p for p in timed if p.s_per_step <= fastest.s_per_step * (1 + margin)]
@@ -247,8 +275,8 @@ def candidate_values(recipe: Recipe, settings: PlanSettings) -> dict[str, list[A
     """Each lever's values to try, the recipe's own first (micro_batch: ascending); a lever not named keeps the
     recipe's value. Raises RecipeError for a named lever that cannot run here."""
     model, gen = recipe.model, recipe.generation
-    cuda = torch.cuda.is_available()
-    named = set(settings.levers)
+    cuda = _on_gpu(recipe)
+    named = set(settings.named_levers)
     values: dict[str, list[Any]] = {}
 
     def lever(name: str, own: Any, other: Any, needs: str | None = None) -> None:
@@ -259,7 +287,7 @@ def candidate_values(recipe: Recipe, settings: PlanSettings) -> dict[str, list[A
             return
         if needs is None:
             values[name].append(other)
-        elif settings.levers == DEFAULT_LEVERS:
+        elif settings.levers is None:
             logger.info("planner: not trying %s here (it needs %s)", name, needs)
         else:
             raise RecipeError(f"the {name} lever needs {needs}; leave it out of --levers")
@@ -278,8 +306,11 @@ def candidate_values(recipe: Recipe, settings: PlanSettings) -> dict[str, list[A
           None if cuda and importlib.util.find_spec("bitsandbytes") else
           "a CUDA GPU and bitsandbytes (the [gpu] extra)")
     values["micro_batch"] = _micro_batches(recipe, settings) if "micro_batch" in named else [_own_micro_batch(recipe)]
+    if len(values["micro_batch"]) > 1 and _training_value(recipe, "loss_type") == "bnpo":
+        logger.warning("planner: with training.loss_type bnpo the loss is normalised per micro-batch, so a "
+                       "candidate with another micro-batch trains a slightly different loss")
     if all(len(v) == 1 for v in values.values()):
-        raise RecipeError(f"the levers {', '.join(settings.levers)} have nothing to vary for this recipe here; "
+        raise RecipeError(f"the levers {', '.join(settings.named_levers)} have nothing to vary for this recipe here; "
                           f"name others with --levers ({', '.join(LEVERS)})")
     return values
 
@@ -303,7 +334,7 @@ def probe_candidate(recipe: Recipe, settings: PlanSettings) -> dict[str, Any]:
     """Run one candidate in this process: the worst-case preflight under the cap, then, if it fits, the timed
     steps. Returns {"status", "worst_case_peak_gib", "cap_gib", "s_per_step", "questions_per_s",
     "step_peak_allocated_gib", "step_peak_reserved_gib", "note"} (see Probe)."""
-    cuda = torch.cuda.is_available()
+    cuda = _on_gpu(recipe)
     limit = None if settings.memory_gib is None else int(settings.memory_gib * 2**30)
     worst: dict[str, Any] = {}
 
@@ -324,11 +355,14 @@ def probe_candidate(recipe: Recipe, settings: PlanSettings) -> dict[str, Any]:
                 "note": str(exc)}
     except _OverCap as exc:
         return {**worst, "status": OUT_OF_MEMORY, "note": str(exc)}
-    except GrpoR1Error as exc:  # out of memory in a timed step is one too (run_bench says so)
-        status = OUT_OF_MEMORY if "out of GPU memory" in str(exc) else FAILED
-        return {**worst, "status": status, "note": str(exc)}
-    except Exception as exc:  # a lever this setup cannot run (a missing kernel, an unsupported combination)
-        return {**worst, "status": FAILED, "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+    except BenchOutOfMemory as exc:  # a timed step ran out
+        return {**worst, "status": OUT_OF_MEMORY, "note": str(exc)}
+    except GrpoR1Error as exc:
+        return {**worst, "status": FAILED, "note": str(exc)}
+    except Exception as exc:  # out of memory while loading or building; or a lever this setup cannot run
+        logger.exception("planner: the candidate failed")  # the traceback, in the probe's log
+        status = OUT_OF_MEMORY if is_out_of_memory(exc) else FAILED
+        return {**worst, "status": status, "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     return {**worst, "status": FITS, "s_per_step": result["s_per_step"], "questions_per_s": result["questions_per_s"],
             "step_peak_allocated_gib": result["peak_allocated_gib"],
             "step_peak_reserved_gib": result["peak_reserved_gib"], "note": "; ".join(result["warnings"])}
@@ -341,19 +375,32 @@ def probe_in_subprocess(recipe: Recipe, settings: PlanSettings) -> dict[str, Any
         recipe_file, out = Path(tmp) / "candidate.yaml", Path(tmp) / "probe.json"
         recipe_file.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         cmd = [sys.executable, "-m", "grpo_r1.plan", str(recipe_file), "--probe", str(out),
-               "--base-dir", str(recipe.base_dir or Path.cwd()), "--steps", str(settings.steps),
-               "--warmup", str(settings.warmup)]
+               "--base-dir", str(recipe.base_dir or Path.cwd()), "--source", recipe.source,
+               "--steps", str(settings.steps), "--warmup", str(settings.warmup)]
         if settings.memory_gib is not None:
             cmd += ["--mem", str(settings.memory_gib)]
-        proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True)
+        try:
+            proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True,
+                                  timeout=settings.probe_timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"status": FAILED, "note": f"the probe's process ran over {settings.probe_timeout_s:g} s and was "
+                                              f"stopped"}
         if out.is_file():
             return json.loads(out.read_text())
         lines = [line for line in (proc.stderr or proc.stdout).strip().splitlines() if line.strip()]
-        return {"status": FAILED, "note": f"the probe's process ended with status {proc.returncode}"
-                                          + (f": {lines[-1][:300]}" if lines else "")}
+        tail = f": {' | '.join(lines[-3:])[:600]}" if lines else ""
+        if proc.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):  # the kernel's out-of-memory killer
+            return {"status": OUT_OF_MEMORY, "note": f"the probe's process was killed (SIGKILL), most likely by the "
+                                                     f"system for memory{tail}"}
+        return {"status": FAILED, "note": f"the probe's process ended with status {proc.returncode}{tail}"}
 
 
 # ----------------------------------------------------------------------------- internals
+
+
+def _on_gpu(recipe: Recipe) -> bool:
+    """Whether the recipe's run trains on a CUDA GPU here (training.use_cpu keeps it on the CPU)."""
+    return torch.cuda.is_available() and not _training_value(recipe, "use_cpu")
 
 
 class _OverCap(Exception):
@@ -379,7 +426,7 @@ def _memory_rank(lever: str, value: Any) -> int:
         return 0 if value else 1
     if lever == "merged_weights":
         return 1 if value else 0
-    return OPTIMIZERS.index(value) if value in OPTIMIZERS else 0
+    return 0 if "8bit" in str(value) else 1  # optim: 8-bit state, or 32-bit
 
 
 def _combinations(values: dict[str, list[Any]]) -> Iterator[dict[str, Any]]:
@@ -426,8 +473,11 @@ def _micro_batches(recipe: Recipe, settings: PlanSettings) -> list[int]:
 
 
 def _generation_per_device(recipe: Recipe) -> int | None:
-    """Completions per generation round on this process when the recipe sets steps_per_generation (None: TRL
-    takes gradient_accumulation_steps, so the round follows the step)."""
+    """Completions per generation round on this process when the recipe sets generation_batch_size or
+    steps_per_generation (None: TRL takes gradient_accumulation_steps, so the round follows the step)."""
+    rows = _training_value(recipe, "generation_batch_size")
+    if rows is not None:
+        return int(rows)  # one process: the round's completions are this process's
     steps = _training_value(recipe, "steps_per_generation")
     return None if steps is None else _own_micro_batch(recipe) * int(steps)
 
@@ -439,11 +489,11 @@ def _candidate(recipe: Recipe, combination: dict[str, Any], micro_batch: int) ->
     settings["training.per_device_train_batch_size"] = micro_batch
     settings["training.gradient_accumulation_steps"] = per_step // micro_batch
     generation = _generation_per_device(recipe)
-    if generation:
+    if generation and _training_value(recipe, "steps_per_generation") is not None:
         settings["training.steps_per_generation"] = generation // micro_batch
     own["training.per_device_train_batch_size"] = _own_micro_batch(recipe)
     own["training.gradient_accumulation_steps"] = int(_training_value(recipe, "gradient_accumulation_steps"))
-    if generation:
+    if "training.steps_per_generation" in settings:
         own["training.steps_per_generation"] = int(recipe.training["steps_per_generation"])
     overrides = tuple(f"{key}={_yaml_value(value)}" for key, value in settings.items() if value != own[key])
     memory = tuple(_memory_rank(lever, value) for lever, value in combination.items()) + (micro_batch,)

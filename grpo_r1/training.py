@@ -98,15 +98,19 @@ def _train(recipe: Recipe, folder: RunFolder, *, overwrite: bool, resume: str | 
     """`train`'s stages, in order; `folder` learns where the run folder is and when a step is done."""
     if resume is not None and overwrite:
         raise RecipeError("--resume continues a run and --overwrite replaces it; pass only one of them")
+    if recipe.run.auto_fit and resume is not None:
+        raise RecipeError("run.auto_fit picks the settings of a new run, and the run being resumed already has its "
+                          "own: resume it with the recipe.yaml in its run folder (python -m grpo_r1.train "
+                          "RUN_DIR/recipe.yaml --resume RUN_DIR), or set run.auto_fit=false")
     batch = _alike_everywhere(lambda: check_training(recipe, processes=launch.world_size))
     dataset, reward_funcs = prepare_data(recipe)
     batch.check_fits(len(dataset))
     check_machine(recipe)
     launch = start_processes(recipe, launch)
-    if recipe.run.auto_fit:
-        recipe = auto_fit(recipe, resume)
-        batch = check_training(recipe, processes=launch.world_size)
     plan = plan_run(recipe, launch, resume=resume, recipe_name=recipe_name, overwrite=overwrite)
+    if recipe.run.auto_fit:  # after the run folder is checked: the probes take minutes
+        recipe = fit_recipe(recipe)
+        batch = check_training(recipe, processes=launch.world_size)
     loaded = load_seeded_model(recipe, launch)
     if not launch.shards_parameters:  # sharded, the model is whole only once the trainer wraps it
         run_preflight(recipe, loaded, dataset, reward_funcs, launch)  # one worst-case step now, not an OOM hours in
@@ -141,16 +145,6 @@ def check_machine(recipe: Recipe) -> None:
         raise RecipeError("model.init is 'random': its weights are noise, made for measuring speed and memory with "
                           "python -m grpo_r1.bench; set model.train_random_init=true to train it anyway")
     check_engine(engine_settings(recipe), recipe.model.name_or_path)
-
-
-def auto_fit(recipe: Recipe, resume: str | Path | None) -> Recipe:
-    """`run.auto_fit`: the recipe with the fastest settings that fit (grpo_r1.planning), for a new run; the run
-    folder's recipe.yaml records them, with auto_fit off, which is the recipe to resume it with."""
-    if resume is not None:
-        raise RecipeError("run.auto_fit picks the settings of a new run, and the run being resumed already has its "
-                          "own: resume it with the recipe.yaml in its run folder (python -m grpo_r1.train "
-                          "RUN_DIR/recipe.yaml --resume RUN_DIR), or set run.auto_fit=false")
-    return fit_recipe(recipe)
 
 
 def start_processes(recipe: Recipe, launch: Launch) -> Launch:

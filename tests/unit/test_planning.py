@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from grpo_r1.errors import RecipeError
-from grpo_r1.planning import FITS, OUT_OF_MEMORY, SKIPPED, PlanSettings, apply_candidate, plan_recipe
+from grpo_r1.planning import FAILED, FITS, OUT_OF_MEMORY, SKIPPED, PlanSettings, apply_candidate, plan_recipe
 from grpo_r1.recipe import load_recipe
 from tests.helpers import CPU_RECIPE
 
@@ -112,6 +112,38 @@ def test_steps_per_generation_follows_the_micro_batch_so_the_round_keeps_its_com
             == 48
 
 
+def test_an_eight_bit_optimizer_holds_less_than_a_32_bit_one_so_it_is_still_tried_after_that_fails():
+    recipe = load_recipe(CPU_RECIPE, [*BATCHED, "training.optim=adamw_torch"])
+
+    def run_probe(recipe, settings):
+        optim = str(recipe.training["optim"])
+        return ({"status": FITS, "s_per_step": 1.0, "worst_case_peak_gib": 20.0} if "8bit" in optim
+                else {"status": OUT_OF_MEMORY, "note": "32-bit moments"})
+
+    plan = plan_recipe(recipe, PlanSettings(levers=("optim",)), run_probe=run_probe)
+    assert [(dict(p.candidate.settings)["training.optim"], p.status) for p in plan.probes] == [
+        ("adamw_torch", OUT_OF_MEMORY), ("paged_adamw_8bit", FITS)]
+    assert plan.best.candidate.overrides == ("training.optim=paged_adamw_8bit",)
+
+
+def test_micro_batches_divide_a_set_generation_batch_size_and_a_refused_candidate_is_one_failed_probe():
+    recipe = load_recipe(CPU_RECIPE, ["generation.num_generations=6", "training.per_device_train_batch_size=8",
+                                      "training.gradient_accumulation_steps=4", "training.generation_batch_size=24"])
+    run_probe, seen = memory_model(limit_rows=48)
+    plan = plan_recipe(recipe, PlanSettings(levers=("micro_batch",)), run_probe=run_probe)
+    # a step takes 32 completions and a round 24: only the sizes dividing both are tried (8 is the recipe's)
+    assert [s[0] for s in seen] == [8]
+    assert [p.candidate.micro_batch for p in plan.probes] == [8]
+
+    def refusing(recipe, settings):
+        raise RecipeError("training.per_device_train_batch_size: refused for this test")
+
+    failed = plan_recipe(recipe, PlanSettings(levers=("micro_batch",), micro_batches=(4, 8)), run_probe=refusing)
+    assert [p.status for p in failed.probes] == [FAILED]  # 8 failed: no larger one tried, no smaller one either
+    assert failed.best is None and failed.reason == "every candidate failed before it could be measured"
+    assert "refused for this test" in failed.probes[0].note
+
+
 @pytest.mark.parametrize(("settings", "overrides", "message"), [
     (dict(levers=("speed",)), [], "unknown lever 'speed'"),
     (dict(levers=()), [], "name at least one lever"),
@@ -122,7 +154,8 @@ def test_steps_per_generation_follows_the_micro_batch_so_the_round_keeps_its_com
     (dict(levers=("load_in_4bit",)), [], "needs a CUDA GPU and bitsandbytes"),
     (dict(levers=("merged_weights",)), ["generation.engine=hf"], "needs generation.engine=hf-compiled"),
 ])
-def test_bad_plans_are_refused_with_the_fix(settings, overrides, message):
+def test_bad_plans_are_refused_with_the_fix(settings, overrides, message, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the liger and 4-bit levers need a GPU
     recipe = load_recipe(CPU_RECIPE, overrides)
     run_probe, seen = memory_model(limit_rows=48)
     with pytest.raises(RecipeError, match=message):
