@@ -21,6 +21,15 @@
 #   batched_liger_mb24  the batched shape as the planner picked it: Liger's loss, 2 micro-batches of 24
 #   phase_memory  the peak memory of each phase of real steps beside the preflight's (benchmarks/phase_memory.py),
 #                 at the batched shape in 2 micro-batches of 24 (PHASE_ARGS replaces that)
+#   seed_live  the seed shape with the static decoder reading the LoRA live (generation.merged_weights=false):
+#              no merged copy of the weights
+#   q3b_live, q3b_merged  the seed shape with a 4-bit (QLoRA) base, decoded through bitsandbytes' 4-bit matmul
+#              (live) or from a dequantized merged copy
+#   q7b_live, q7b_bf16  Qwen2.5-7B at the seed shape: QLoRA decoded through the 4-bit matmul, and a bf16 LoRA
+#              read live (for the 4-bit decoder's speed against bf16)
+#   q7b_unsloth_backend, seed_unsloth_backend  q7b_live and seed with model.backend=unsloth (Unsloth's patched
+#              model and LoRA kernels, its offloaded checkpointing) and the hf-compiled engine
+#   q7b_unsloth  Qwen2.5-7B QLoRA at the seed shape (as q7b_live) against Unsloth without vLLM, in one invocation
 #   plan_batched  python -m grpo_r1.plan at the batched shape, levers micro_batch and liger (PLAN_LEVERS)
 #   plan_7b       python -m grpo_r1.plan for Qwen2.5-7B in 4 bits (QLoRA) at the seed shape, levers merged_weights
 #                 and load_in_4bit (PLAN_LEVERS)
@@ -56,6 +65,16 @@ for part in "$@"; do
     seed) bench seed ${cmp:+--compare $cmp} ;;
     unsloth) bench unsloth --compare unsloth ;;
     batched) bench batched "${BATCHED[@]}" ;;
+    seed_live) bench seed_live generation.merged_weights=false ;;
+    q3b_live) bench q3b_live model.load_in_4bit=true generation.merged_weights=false ;;
+    q3b_merged) bench q3b_merged model.load_in_4bit=true generation.merged_weights=true ;;
+    q7b_live) bench q7b_live model.architecture=qwen2.5-7b model.load_in_4bit=true generation.merged_weights=false ;;
+    q7b_unsloth) bench q7b_unsloth model.architecture=qwen2.5-7b model.load_in_4bit=true generation.merged_weights=false \
+        --compare unsloth ;;
+    q7b_unsloth_backend) bench q7b_unsloth_backend model.architecture=qwen2.5-7b model.load_in_4bit=true \
+        generation.merged_weights=false model.backend=unsloth model.gradient_checkpointing=unsloth ;;
+    seed_unsloth_backend) bench seed_unsloth_backend model.backend=unsloth model.gradient_checkpointing=unsloth ;;
+    q7b_bf16) bench q7b_bf16 model.architecture=qwen2.5-7b generation.merged_weights=false ;;
     seed_before) CODE_DIR=.carry/before bench seed_before ;;
     batched_before) CODE_DIR=.carry/before bench batched_before "${BATCHED[@]}" ;;
     batched_mb24) bench batched_mb24 training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;

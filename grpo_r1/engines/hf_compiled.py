@@ -9,8 +9,8 @@ sync) and differs in these ways:
   * for Llama-family models (Llama, Qwen2) it runs its own sampling loop
     (`grpo_r1.engines.static_decoder`): a static KV cache and one CUDA graph per token
     (model, sampling, stop check), the model part compiled with torch.compile; the host checks
-    for the end only every few tokens; a 4-bit (QLoRA) base only with `merged`, sampled from a
-    dequantized merged copy. Other models (or a 4-bit base read live) go through transformers'
+    for the end only every few tokens; a 4-bit (QLoRA) base through bitsandbytes' 4-bit matmul,
+    or with `merged` from a dequantized merged copy. Other models go through transformers'
     `generate` with a static cache and torch.compile ("reduce-overhead"), said once as a warning;
   * prompts are left-padded to a multiple of `pad_multiple` tokens, and never to less than the
     round before, so the shapes (and the compiled graph) stay the same from step to step

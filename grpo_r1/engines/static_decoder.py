@@ -25,11 +25,14 @@ Positions: every row uses positions 0..L-1 of the padded batch, left padding inc
 trainer's forward does when it gets no position ids; rotary embeddings only see position
 differences, so a row's padding changes nothing.
 
-A 4-bit base (bitsandbytes' Linear4bit, QLoRA) is read only through the merged copy: each round
-dequantizes it into the copy with the adapter added, so decoding runs at the speed of a bf16
-model while training keeps the 4-bit base. Anything else (other architectures, a 4-bit base
-with the LoRA read live, DoRA, several active adapters) raises `UnsupportedModel`; the engine
-then falls back to transformers' generate.
+A 4-bit base (bitsandbytes' Linear4bit, QLoRA) is read either way. Live, each product goes
+through `bitsandbytes.matmul_4bit`, which since bitsandbytes 0.50 runs a fused 4-bit kernel for
+the few rows of a decode step (dequantizing and multiplying in one pass) and dequantizes into a
+temporary for longer inputs, as its own heuristic decides per shape: no bf16 copy of the model is
+held, and the step is still one CUDA graph. Merged, each round dequantizes the base into the copy
+with the adapter added, so decoding runs at the speed of a bf16 model for the copy's memory.
+Anything else (other architectures, DoRA, several active adapters) raises `UnsupportedModel`; the
+engine then falls back to transformers' generate.
 """
 
 from __future__ import annotations
@@ -55,10 +58,11 @@ class UnsupportedModel(Exception):
 class Projection:
     """One linear layer as the decoder computes it: base weight (+ bias) + scale * B(A(x)).
 
-    `quant_state` is set when `weight` is a bitsandbytes 4-bit weight (packed bytes); such a
-    projection is only ever merged (`base_weight` dequantizes it), never called. Its bias is read
-    from `module` at each merge: bitsandbytes recasts a 4-bit layer's bias to the input's dtype in
-    its forward, a new tensor each time the dtype changes."""
+    `quant_state` is set when `weight` is a bitsandbytes 4-bit weight (packed bytes): `base_weight`
+    dequantizes it for a merge, and a call multiplies through bitsandbytes' 4-bit matmul in the
+    layer's compute dtype. Its bias is re-read from `module` at each round (`current_bias`):
+    bitsandbytes recasts a 4-bit layer's bias to the input's dtype in its forward, a new tensor
+    each time the dtype changes, so the decoder calls it with a copy of its own (`bias`)."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None = None
@@ -92,11 +96,24 @@ class Projection:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_state is not None:
-            raise UnsupportedModel("a 4-bit weight is only read through the merged copy")
+            return self._call_4bit(x)
         out = _linear(x, self.weight, self.bias)
         if self.lora_a is not None:
-            low = F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b, self.lora_b_bias)
-            out = (out + low * self.scale).to(out.dtype)  # as PEFT adds it: in the wider dtype, then rounded
+            out = (out + self._low_rank(x)).to(out.dtype)  # as PEFT adds it: in the wider dtype, then rounded
+        return out
+
+    def _low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """scale * B(A(x)), in the adapter's dtype."""
+        return F.linear(F.linear(x.to(self.lora_a.dtype), self.lora_a), self.lora_b, self.lora_b_bias) * self.scale
+
+    def _call_4bit(self, x: torch.Tensor) -> torch.Tensor:
+        """What PEFT's LoRA layer over bitsandbytes' Linear4bit computes without autocast: the 4-bit product in
+        the compute dtype, plus the adapter's term rounded to that dtype first."""
+        import bitsandbytes
+
+        out = bitsandbytes.matmul_4bit(x.to(self.dtype), self.weight, bias=self.bias, quant_state=self.quant_state)
+        if self.lora_a is not None:
+            out = out + self._low_rank(x).to(out.dtype)
         return out
 
     def current_bias(self) -> torch.Tensor | None:
@@ -233,14 +250,12 @@ def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool) -
         w = read_weights(model)
     except UnsupportedModel:
         return 0
-    if _is_quantized(w) and not merged:
-        return 0  # the engine falls back to transformers' generate
     dtype = _decode_dtype(w)
     size = torch.empty((), dtype=dtype).element_size()
     cache = 2 * len(w.layers) * batch * w.kv_heads * length * w.head_dim * size
     cache += sum(t.numel() for t in _cast_sources(w, dtype)) * size  # copies in the compute dtype (4-bit models)
     if not merged:
-        return cache
+        return cache + sum(p.shape[0] for p in _live_4bit_biased(w)) * size  # 4-bit biases copied
     linear = sum(math.prod(p.shape) for layer in w.layers for p in layer.projections())
     return cache + linear * size
 
@@ -285,6 +300,33 @@ def _in_dtype(w: Weights, dtype: torch.dtype) -> tuple[Weights, list[tuple[torch
     head = dataclasses.replace(w.lm_head, weight=cast(w.lm_head.weight), bias=cast(w.lm_head.bias))
     pairs = [(copies[t.data_ptr()], t) for t in sources]
     return dataclasses.replace(w, embed=cast(w.embed), layers=layers, norm=cast(w.norm), lm_head=head), pairs
+
+
+def _live_4bit_biased(w: Weights) -> list[Projection]:
+    """The 4-bit projections that have a bias (Qwen2's q, k and v)."""
+    return [p for layer in w.layers for p in layer.projections()
+            if p.quant_state is not None and p.module.bias is not None]
+
+
+def _with_bias_copies(w: Weights, dtype: torch.dtype) -> tuple[Weights, list[tuple[torch.Tensor, Projection]]]:
+    """`w` with each 4-bit projection's bias replaced by a copy in `dtype`, and the (copy, projection) pairs.
+
+    A 4-bit layer's bias is recast (a new tensor) by bitsandbytes' forward whenever its dtype differs from
+    the input's, so a captured step cannot read it in place; the copies are refreshed every round."""
+    pairs: list[tuple[torch.Tensor, Projection]] = []
+    biased = {id(p) for p in _live_4bit_biased(w)}
+
+    def copied(proj: Projection) -> Projection:
+        if id(proj) not in biased:
+            return proj
+        copy = torch.empty(proj.shape[0], dtype=dtype, device=proj.weight.device)
+        pairs.append((copy, proj))
+        return dataclasses.replace(proj, bias=copy)
+
+    layers = [dataclasses.replace(layer, **{name: copied(getattr(layer, name))
+                                            for name in ("q", "k", "v", "o", "gate", "up", "down")})
+              for layer in w.layers]
+    return dataclasses.replace(w, layers=layers), pairs
 
 
 def _plain(tensor: torch.Tensor, what: str) -> torch.Tensor:
@@ -402,12 +444,12 @@ class StaticDecoder:
         self._pointers = [t.data_ptr() for t in read.tensors()]
         if read.lm_head.quant_state is not None:
             raise UnsupportedModel("a 4-bit lm_head")
-        if _is_quantized(read) and not merged:
-            raise UnsupportedModel("4-bit base weights with the LoRA read live (generation.merged_weights=true samples "
-                                   "from a dequantized, merged copy instead)")
         self.device = read.embed.device
         self.dtype = _decode_dtype(read)
         self.w, self._casts = _in_dtype(read, self.dtype)
+        self._bias_copies: list[tuple[torch.Tensor, Projection]] = []
+        if not merged:
+            self.w, self._bias_copies = _with_bias_copies(self.w, self.dtype)
         self.use_graph = graph and self.device.type == "cuda"
         if self.device.type == "cpu":
             self.check_every = 1  # reading the flag costs nothing without a device to wait for: stop at once
@@ -479,14 +521,16 @@ class StaticDecoder:
         self._graph = None
         self._forward = None
         self.merged = None
-        self.k_cache, self.v_cache, self._casts = [], [], []
+        self.k_cache, self.v_cache, self._casts, self._bias_copies = [], [], [], []
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-merge the adapter into the merged copy, refresh copies made for the compute dtype (a no-op when
-        the decoder reads the weights live)."""
+        """Re-merge the adapter into the merged copy, refresh the copies made for the compute dtype and of 4-bit
+        layers' biases (a no-op for a model read live in one dtype)."""
         for copy, source in self._casts:
             copy.copy_(source)
+        for copy, proj in self._bias_copies:
+            copy.copy_(proj.current_bias())
         for merged in self.merged or ():
             for weight, bias, source in merged.sources:
                 merge_into(weight, bias, source)

@@ -17,6 +17,7 @@ from grpo_r1.engines.base import SamplingSettings
 from grpo_r1.engines.hf_compiled import CompiledHFEngine
 from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel, read_weights
 from grpo_r1.errors import EngineError
+from grpo_r1.model.loading import prepare_4bit_model
 
 VOCAB = 96
 
@@ -194,18 +195,24 @@ def test_memory_estimate_counts_the_cache_and_the_merged_copy():
     assert decoder_memory_bytes(gpt2, batch=3, length=24, merged=True) == 0
 
 
-def _tiny_qlora(tmp_path, dtype, compute_dtype=None):
-    """The tiny Qwen2 through QLoRA as grpo_r1.model builds it on a GPU: bitsandbytes nf4 base (double
-    quantization, loaded in `dtype`, computing in `compute_dtype`), PEFT's kbit preparation, a LoRA
-    with a non-zero B."""
+def _peft_preparation(model, dtype, gradient_checkpointing):
+    """PEFT's own k-bit preparation: everything that is not 4-bit in float32 (grpo_r1 does that under fp16 only)."""
     from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def _tiny_qlora(tmp_path, dtype, compute_dtype=None, prepare=prepare_4bit_model):
+    """The tiny Qwen2 through QLoRA as grpo_r1.model builds it on a GPU: bitsandbytes nf4 base (double
+    quantization, loaded in `dtype`, computing in `compute_dtype`), its k-bit preparation, a LoRA
+    with a non-zero B."""
     from transformers import BitsAndBytesConfig
 
     _tiny_qwen2(lora=False).save_pretrained(tmp_path)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute_dtype or dtype)
     base = Qwen2ForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu", dtype=dtype)
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    base = prepare(base, dtype=compute_dtype or dtype, gradient_checkpointing=False)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -243,20 +250,77 @@ def test_a_4bit_base_is_sampled_through_the_dequantized_merged_copy(tmp_path):
     tokens, logprobs = decoder.sample(ids, mask, 10)
     for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
         assert torch.allclose(row_logprobs, _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8), atol=1e-2)
-    with pytest.raises(UnsupportedModel, match="merged_weights=true"):  # the live path would need 4-bit kernels
-        _decoder(model, 3, 16, 10, merged=False)
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_4bit_preparation_keeps_the_frozen_tables_in_the_compute_dtype_and_trains(tmp_path, tied):
+    """grpo_r1's k-bit preparation under bf16: the frozen embedding, lm_head and norms stay bf16 (PEFT's would cast
+    them to float32), the base is frozen, the LoRA trainable with real gradients, with and without autocast; the
+    decoder then reads every tensor in place."""
+    from transformers import BitsAndBytesConfig
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    base = Qwen2ForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu",
+                                            dtype=torch.bfloat16)
+    base = prepare_4bit_model(base, dtype=torch.bfloat16, gradient_checkpointing=True)
+    assert base.get_input_embeddings().weight.dtype == base.get_output_embeddings().weight.dtype == torch.bfloat16
+    assert (base.get_input_embeddings().weight is base.get_output_embeddings().weight) == tied
+    assert {p.dtype for p in base.parameters()} == {torch.bfloat16, torch.uint8}  # uint8: the packed 4-bit weights
+    assert not any(p.requires_grad for p in base.parameters())
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")).train()
+    ids = torch.randint(2, VOCAB, (2, 12))
+    for autocast in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        assert grads and all("lora_" in name for name in grads)
+        assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+        # lora_B starts at zero, so lora_A's gradient is zero at the first step; lora_B's in every layer is not
+        # (the checkpointed layers pass gradients through to the adapter)
+        assert all(g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)
+    decoder = _decoder(model.eval(), 2, 8, 2, stop_token_ids=[])
+    assert decoder.dtype == torch.bfloat16 and not decoder._casts  # no copies: every tensor is read in place
+
+
+def test_a_4bit_base_read_live_matches_the_training_forward(tmp_path):
+    """No merged copy: every product goes through bitsandbytes' 4-bit matmul, as the trainer's forward does, so
+    the logprobs agree as closely as a bf16/fp32 model's; an optimizer step shows in the next round."""
+    model = _tiny_qlora(tmp_path, torch.float32)
+    prompts = _prompts([5, 11, 16])
+    ids, mask = _left_pad(prompts, 16)
+    decoder = _decoder(model, 3, 16, 10, temperature=0.8, stop_token_ids=[], merged=False)
+    assert decoder.merged is None and decoder._bias_copies  # q/k/v biases read through copies of their own
+    for round_seed in (0, 1):
+        torch.manual_seed(round_seed)
+        tokens, logprobs = decoder.sample(ids, mask, 10)
+        for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+            expected = _forward_logprobs(model, prompt, row_tokens.tolist(), 0.8)
+            assert torch.allclose(row_logprobs, expected, atol=1e-5), (row_logprobs, expected)
+        with torch.no_grad():  # an optimizer step on the adapter, and on a base bias (recast in place)
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.add_(torch.randn_like(param) * 0.1)
+            model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.bias.add_(0.5)
+        assert not decoder.stale()
     sampling = SamplingSettings(max_completion_length=3, max_seq_length=1024, stop_token_ids=())
     engine = CompiledHFEngine(model, _Tokenizer(), sampling, pad_multiple=8, merged=False)
     engine.sync(model, 0)
     engine.generate(prompts[:1], [2])
-    assert "merged_weights=true" in engine.fallback_reason
+    assert engine.uses_static_decoder and engine.fallback_reason is None
 
 
 @pytest.mark.parametrize("loaded_in", [torch.bfloat16, torch.float32], ids=["loaded-bf16", "loaded-fp32"])
 def test_a_4bit_base_with_float32_norms_decodes_in_its_compute_dtype(tmp_path, loaded_in):
     from grpo_r1.engines.static_decoder import decoder_memory_bytes
 
-    model = _tiny_qlora(tmp_path, loaded_in, compute_dtype=torch.bfloat16)
+    model = _tiny_qlora(tmp_path, loaded_in, compute_dtype=torch.bfloat16, prepare=_peft_preparation)
     embed = model.get_input_embeddings().weight
     assert embed.dtype == torch.float32  # what PEFT's kbit preparation leaves beside the bf16 compute dtype
     prompts = _prompts([5, 11, 16])
@@ -277,4 +341,7 @@ def test_a_4bit_base_with_float32_norms_decodes_in_its_compute_dtype(tmp_path, l
     held += sum(t.numel() * t.element_size() for layer in decoder.merged
                 for t in (layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight))
     assert decoder_memory_bytes(model, batch=3, length=26, merged=True) == held
-    assert decoder_memory_bytes(model, batch=3, length=26, merged=False) == 0  # falls back to generate
+    live = _decoder(model, 3, 16, 10, stop_token_ids=[], merged=False)
+    copies = [c for c, _ in (*live._casts, *live._bias_copies)]
+    held = sum(t.numel() * t.element_size() for t in (*live.k_cache, *live.v_cache, *copies))
+    assert decoder_memory_bytes(model, batch=3, length=26, merged=False) == held  # no copy of the weights
