@@ -15,11 +15,16 @@ A candidate is the recipe with some of these settings (the levers) changed:
     merged_weights   generation.merged_weights: the hf-compiled engine's merged decoder copy
     optim            training.optim: paged 8-bit AdamW or fused fp32 AdamW
     load_in_4bit     model.load_in_4bit: the base model in 4 bits (QLoRA; needs a CUDA GPU and bitsandbytes)
+    unsloth          model.backend unsloth or transformers: Unsloth's patched model and LoRA kernels train
+                     (with checkpointing, its offloaded kind), whichever engine samples; needs a CUDA GPU
+                     and unsloth, and a generation.engine other than unsloth (its vLLM needs its backend)
 
 The first four change how a step is computed, not what it computes (up to float rounding; with
 training.loss_type bnpo the micro-batch also changes the loss's normaliser): they are
 DEFAULT_LEVERS. `optim` and `load_in_4bit` change the numbers trained, so they are tried only when
-named.
+named. `unsloth` is tried only when named too: Unsloth patches transformers and TRL in the process
+that imports it, which a probe's process of its own allows, but a training process that has already
+planned (run.auto_fit) would import it too late.
 
 Each candidate runs in a process of its own, so that it sees the whole memory and nothing left by
 the one before: the worst-case preflight step (grpo_r1.trainer.preflight) under the memory cap
@@ -69,7 +74,7 @@ from grpo_r1.trainer.preflight import PreflightError, preflight_step
 
 logger = logging.getLogger(__name__)
 
-LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights", "optim", "load_in_4bit")
+LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights", "optim", "load_in_4bit", "unsloth")
 DEFAULT_LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights")
 # The optimizers the optim lever switches between: 8-bit state (paged), or fused 32-bit.
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_torch_fused")
@@ -305,6 +310,10 @@ def candidate_values(recipe: Recipe, settings: PlanSettings) -> dict[str, list[A
     lever("load_in_4bit", model.load_in_4bit, not model.load_in_4bit,
           None if cuda and importlib.util.find_spec("bitsandbytes") else
           "a CUDA GPU and bitsandbytes (the [gpu] extra)")
+    lever("unsloth", model.backend, "transformers" if model.backend == "unsloth" else "unsloth",
+          "a generation.engine other than unsloth (Unsloth's vLLM needs model.backend unsloth)"
+          if gen.engine == "unsloth" else None if cuda and importlib.util.find_spec("unsloth") else
+          "a CUDA GPU and unsloth (README, 'On a GPU')")
     values["micro_batch"] = _micro_batches(recipe, settings) if "micro_batch" in named else [_own_micro_batch(recipe)]
     if len(values["micro_batch"]) > 1 and _training_value(recipe, "loss_type") == "bnpo":
         logger.warning("planner: with training.loss_type bnpo the loss is normalised per micro-batch, so a "
@@ -413,7 +422,7 @@ def _gib(value: int | None) -> float | None:
 
 LEVER_KEYS = {"checkpointing": "model.gradient_checkpointing", "liger": "training.use_liger_kernel",
               "merged_weights": "generation.merged_weights", "optim": "training.optim",
-              "load_in_4bit": "model.load_in_4bit"}
+              "load_in_4bit": "model.load_in_4bit", "unsloth": "model.backend"}
 
 
 def _memory_rank(lever: str, value: Any) -> int:
@@ -426,6 +435,8 @@ def _memory_rank(lever: str, value: Any) -> int:
         return 0 if value else 1
     if lever == "merged_weights":
         return 1 if value else 0
+    if lever == "unsloth":  # its offloaded checkpointing keeps activations in host memory
+        return 0 if value == "unsloth" else 1
     return 0 if "8bit" in str(value) else 1  # optim: 8-bit state, or 32-bit
 
 
@@ -485,6 +496,9 @@ def _generation_per_device(recipe: Recipe) -> int | None:
 def _candidate(recipe: Recipe, combination: dict[str, Any], micro_batch: int) -> Candidate:
     own = {key: _current(recipe, key) for key in LEVER_KEYS.values()}
     settings = {LEVER_KEYS[lever]: value for lever, value in combination.items()}
+    backend, checkpointing = settings["model.backend"], settings["model.gradient_checkpointing"]
+    if (backend, checkpointing) != (own["model.backend"], own["model.gradient_checkpointing"]):
+        settings["model.gradient_checkpointing"] = _checkpointing_for(backend, checkpointing)
     per_step = _own_micro_batch(recipe) * int(_training_value(recipe, "gradient_accumulation_steps"))
     settings["training.per_device_train_batch_size"] = micro_batch
     settings["training.gradient_accumulation_steps"] = per_step // micro_batch
@@ -498,6 +512,14 @@ def _candidate(recipe: Recipe, combination: dict[str, Any], micro_batch: int) ->
     overrides = tuple(f"{key}={_yaml_value(value)}" for key, value in settings.items() if value != own[key])
     memory = tuple(_memory_rank(lever, value) for lever, value in combination.items()) + (micro_batch,)
     return Candidate(tuple(settings.items()), memory, overrides)
+
+
+def _checkpointing_for(backend: str, checkpointing: bool | str) -> bool | str:
+    """model.gradient_checkpointing for a candidate that changes the backend or checkpointing: on means Unsloth's
+    offloaded kind with its backend (what its own recipes use), plain checkpointing with transformers'."""
+    if not checkpointing:
+        return False
+    return "unsloth" if backend == "unsloth" else True
 
 
 def _current(recipe: Recipe, key: str) -> Any:

@@ -144,6 +144,34 @@ def test_micro_batches_divide_a_set_generation_batch_size_and_a_refused_candidat
     assert "refused for this test" in failed.probes[0].note
 
 
+def test_the_unsloth_lever_swaps_the_backend_and_its_kind_of_checkpointing(monkeypatch):
+    """Named, the unsloth lever tries Unsloth's model for training: with checkpointing on, its offloaded kind (the
+    only one model.gradient_checkpointing=unsloth names); the recipe's own candidate keeps its own settings."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "unsloth" else None)
+    recipe = load_recipe(CPU_RECIPE, [*BATCHED, "generation.engine=hf-compiled", "training.use_cpu=false"])
+    run_probe, seen = memory_model(limit_rows=48)
+    probed = []
+
+    def recording(candidate_recipe, settings):
+        probed.append((candidate_recipe.model.backend, candidate_recipe.model.gradient_checkpointing))
+        return run_probe(candidate_recipe, settings)
+
+    plan = plan_recipe(recipe, PlanSettings(levers=("unsloth", "checkpointing")), run_probe=recording)
+    assert probed == [("transformers", True), ("unsloth", "unsloth"), ("transformers", False), ("unsloth", False)]
+    assert [p.candidate.overrides for p in plan.probes] == [
+        (), ("model.gradient_checkpointing=unsloth", "model.backend=unsloth"),
+        ("model.gradient_checkpointing=false",), ("model.gradient_checkpointing=false", "model.backend=unsloth")]
+    back = load_recipe(CPU_RECIPE, [*BATCHED, "generation.engine=hf-compiled", "training.use_cpu=false",
+                                    "model.backend=unsloth", "model.gradient_checkpointing=unsloth"])
+    probed.clear()
+    plan_recipe(back, PlanSettings(levers=("unsloth",)), run_probe=recording)
+    assert probed == [("unsloth", "unsloth"), ("transformers", True)]
+    with pytest.raises(RecipeError, match="a generation.engine other than unsloth"):
+        plan_recipe(load_recipe(CPU_RECIPE, ["model.backend=unsloth", "generation.engine=unsloth"]),
+                    PlanSettings(levers=("unsloth",)), run_probe=recording)
+
+
 @pytest.mark.parametrize(("settings", "overrides", "message"), [
     (dict(levers=("speed",)), [], "unknown lever 'speed'"),
     (dict(levers=()), [], "name at least one lever"),
@@ -152,6 +180,7 @@ def test_micro_batches_divide_a_set_generation_batch_size_and_a_refused_candidat
     (dict(levers=("micro_batch",), micro_batches=(5,)), BATCHED, "must divide the 48 completions"),
     (dict(levers=("liger",)), [], "the liger lever needs a CUDA GPU and liger-kernel"),
     (dict(levers=("load_in_4bit",)), [], "needs a CUDA GPU and bitsandbytes"),
+    (dict(levers=("unsloth",)), [], "the unsloth lever needs a CUDA GPU and unsloth"),
     (dict(levers=("merged_weights",)), ["generation.engine=hf"], "needs generation.engine=hf-compiled"),
 ])
 def test_bad_plans_are_refused_with_the_fix(settings, overrides, message, monkeypatch):
