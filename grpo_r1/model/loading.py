@@ -170,22 +170,25 @@ def load_base_model(recipe: Recipe, launch: Launch | None = None) -> tuple[Any, 
 
 
 def prepare_4bit_model(model: Any, *, dtype: torch.dtype, gradient_checkpointing: bool) -> Any:
-    """PEFT's k-bit preparation of a bitsandbytes 4-bit model; with a bf16 compute dtype, what is not 4-bit
-    stays bf16.
+    """PEFT's k-bit preparation of a bitsandbytes 4-bit model; with a bf16 compute dtype, the parameters it
+    upcast go back to bf16, so QLoRA trains with the numerics of a bf16 LoRA over a 4-bit base.
 
     `prepare_model_for_kbit_training` freezes the model, readies gradient checkpointing and casts every
-    parameter that is not 4-bit to float32, for fp16 training's sake. Under bf16 that buys nothing and
-    costs memory: the embedding and lm_head alone (1.1e9 parameters in Qwen2.5-7B) take 2.2 GB more, the
-    trainer's mixed-precision forward casts the lm_head back to bf16 for every product (a temporary
-    copy), and the decoder would hold bf16 copies of them. So under bf16 those parameters (frozen, and
-    bf16 values to begin with) go back to bf16: the model computes as a bf16 LoRA does, with a 4-bit
-    base, with or without autocast. Under fp16 PEFT's float32 stays."""
+    bf16/fp16 parameter that is not 4-bit to float32, for fp16 training's sake. That makes the
+    embedding's output, and with it the residual stream and the norms, float32 under autocast, where a
+    bf16 LoRA (and Unsloth's QLoRA) keep them bf16. It also costs memory: for Qwen2.5-7B the float32
+    embedding and lm_head alone take 2.2 GB more, the activations kept for the backward are float32,
+    autocast copies the lm_head to bf16 for every product, and the decoder needs bf16 copies of the
+    tables (5.4 GiB less allocated without it, docs/benchmarks.md). Under bf16 the parameters that were
+    bf16 before it are put back (frozen, their values unchanged); those a model keeps in float32 on
+    purpose stay. Under fp16 PEFT's float32 stays."""
     from peft import prepare_model_for_kbit_training
 
+    was_bf16 = {name for name, param in model.named_parameters() if param.dtype == torch.bfloat16}
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if dtype == torch.bfloat16:
-        for param in model.parameters():
-            if param.dtype == torch.float32:  # 4-bit weights are stored as integers
+        for name, param in model.named_parameters():
+            if name in was_bf16 and param.dtype == torch.float32 and type(param).__name__ != "Params4bit":
                 param.data = param.data.to(dtype)
     return model
 

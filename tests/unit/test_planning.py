@@ -167,6 +167,16 @@ def test_the_unsloth_lever_swaps_the_backend_and_its_kind_of_checkpointing(monke
     probed.clear()
     plan_recipe(back, PlanSettings(levers=("unsloth",)), run_probe=recording)
     assert probed == [("unsloth", "unsloth"), ("transformers", True)]
+
+    def unsloth_runs_out(candidate_recipe, settings):  # no memory order across backends: nothing is skipped
+        if candidate_recipe.model.backend == "unsloth":
+            return {"status": OUT_OF_MEMORY, "worst_case_peak_gib": 24.0, "cap_gib": 24.0, "note": "too big"}
+        return run_probe(candidate_recipe, settings)
+
+    crossed = plan_recipe(back, PlanSettings(levers=("unsloth", "checkpointing")), run_probe=unsloth_runs_out)
+    assert [p.status for p in crossed.probes] == [OUT_OF_MEMORY, FITS, SKIPPED, FITS]
+    # unsloth without checkpointing holds more than unsloth with it, which failed: skipped; transformers' both run
+    assert crossed.best.candidate.overrides == ("model.gradient_checkpointing=false", "model.backend=transformers")
     with pytest.raises(RecipeError, match="a generation.engine other than unsloth"):
         plan_recipe(load_recipe(CPU_RECIPE, ["model.backend=unsloth", "generation.engine=unsloth"]),
                     PlanSettings(levers=("unsloth",)), run_probe=recording)

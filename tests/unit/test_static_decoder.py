@@ -287,6 +287,13 @@ def test_4bit_preparation_keeps_the_frozen_tables_in_the_compute_dtype_and_train
         assert all(g.abs().sum() > 0 for name, g in grads.items() if "lora_B" in name)
     decoder = _decoder(model.eval(), 2, 8, 2, stop_token_ids=[])
     assert decoder.dtype == torch.bfloat16 and not decoder._casts  # no copies: every tensor is read in place
+    # A parameter the model kept in float32 before the preparation (a model's _keep_in_fp32_modules) stays so
+    kept = Qwen2ForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu",
+                                            dtype=torch.bfloat16)
+    kept.model.layers[0].input_layernorm.weight.data = kept.model.layers[0].input_layernorm.weight.data.float()
+    kept = prepare_4bit_model(kept, dtype=torch.bfloat16, gradient_checkpointing=False)
+    assert kept.model.layers[0].input_layernorm.weight.dtype == torch.float32
+    assert kept.model.layers[1].input_layernorm.weight.dtype == torch.bfloat16
 
 
 def test_a_4bit_base_read_live_matches_the_training_forward(tmp_path):
@@ -314,6 +321,15 @@ def test_a_4bit_base_read_live_matches_the_training_forward(tmp_path):
     engine.sync(model, 0)
     engine.generate(prompts[:1], [2])
     assert engine.uses_static_decoder and engine.fallback_reason is None
+
+
+def test_a_4bit_base_under_bitsandbytes_before_0_50_is_refused(tmp_path, monkeypatch):
+    """Before 0.50, matmul_4bit took the weight transposed (bitsandbytes' own layer passed weight.t()): the decoder
+    refuses such a model (the engine then falls back to generate) rather than multiply by the transpose."""
+    model = _tiny_qlora(tmp_path, torch.float32)
+    monkeypatch.setattr("grpo_r1.engines.static_decoder._bitsandbytes_version", lambda: (0, 49))
+    with pytest.raises(UnsupportedModel, match="bitsandbytes>=0.50"):
+        _decoder(model, 3, 16, 10, merged=False)
 
 
 @pytest.mark.parametrize("loaded_in", [torch.bfloat16, torch.float32], ids=["loaded-bf16", "loaded-fp32"])
