@@ -23,6 +23,12 @@ def check_recipe(recipe: Recipe, source: str) -> None:
     if model.gradient_checkpointing == "unsloth" and model.backend != "unsloth":
         raise RecipeError(f"{source}: model.gradient_checkpointing 'unsloth' needs model.backend 'unsloth'; "
                           "use true for the transformers backend")
+    if model.padding_free and model.backend != "transformers":
+        raise RecipeError(f"{source}: model.padding_free needs model.backend 'transformers' (Unsloth replaces "
+                          "the trainer's scoring forwards with its own); set model.padding_free=false")
+    if model.padding_free and recipe.training.get("use_liger_kernel"):
+        raise RecipeError(f"{source}: model.padding_free packs TRL's full-logits forward, which "
+                          "training.use_liger_kernel replaces with Liger's chunked loss; set one of them to false")
     positive = {
         "generation.num_generations": gen.num_generations,
         "generation.max_completion_length": gen.max_completion_length,

@@ -42,6 +42,9 @@ class ModelConfig:
     max_seq_length: int = 1024
     # True: recompute activations in the backward pass; "unsloth": Unsloth's offloaded variant.
     gradient_checkpointing: bool | Literal["unsloth"] = True
+    # True: the training forwards (policy, old and reference log-probabilities) run each micro-batch's rows
+    # packed into one sequence without padding (grpo_r1.trainer.packing); transformers backend, TRL's loss.
+    padding_free: bool = False
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None
     # The chat template the prompts are formatted with; None: the tokenizer's own (a tokenizer without one

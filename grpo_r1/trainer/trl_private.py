@@ -21,6 +21,9 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
     vllm_importance_sampling_correction        TRL's engine-logprob path, turned on for our engines
     _load_optimizer_and_scheduler              (transformers' Trainer) a resume on several CPU processes
     peft_config["ref"]                         TRL's frozen copy of the adapter for the reference forward
+    _full_logits_logps, temperature,
+    _entropy_bonus_enabled                     the padded scoring forward, replaced by a packed one
+                                               (model.padding_free)
 """
 
 from __future__ import annotations
@@ -262,3 +265,32 @@ def load_resumed_optimizer_on_the_cpu(trainer: Any) -> None:
         return None
 
     trainer._load_optimizer_and_scheduler = load
+
+
+def pack_scoring_forwards(trainer: Any) -> None:
+    """Make the trainer's scoring forwards (the policy's with its backward, the old and the reference
+    log-probabilities) run packed, without padding (grpo_r1.trainer.packing), in the same row chunks.
+
+    Only TRL's full-logits path is replaced (not Liger's chunked loss), and only for text: a call with
+    images or an MoE auxiliary loss goes to TRL's own."""
+    from grpo_r1.trainer.packing import packed_logps
+
+    padded = trainer._full_logits_logps
+
+    @functools.wraps(padded)
+    def packed(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
+               batch_size: int | None = None, compute_entropy: bool = False, compute_aux_loss: bool = False,
+               **multimodal: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if compute_aux_loss or any(value is not None for value in multimodal.values()):
+            return padded(model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                          compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+        chunk = batch_size or input_ids.shape[0]
+        parts = [packed_logps(model, input_ids[i:i + chunk], attention_mask[i:i + chunk], logits_to_keep,
+                              temperature=trainer.temperature, compute_entropy=compute_entropy,
+                              entropy_requires_grad=trainer._entropy_bonus_enabled)
+                 for i in range(0, input_ids.shape[0], chunk)]
+        logps = torch.cat([p[0] for p in parts])
+        entropies = torch.cat([p[1] for p in parts]) if compute_entropy else None
+        return logps, entropies, None
+
+    trainer._full_logits_logps = packed
