@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from packaging.version import Version
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -136,6 +137,9 @@ class Projection:
                 *((nested.absmax, nested.code) if nested is not None else ())]
 
 
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")  # a Layer's linear layers, in order
+
+
 @dataclass
 class Layer:
     input_norm: torch.Tensor
@@ -149,7 +153,7 @@ class Layer:
     down: Projection
 
     def projections(self) -> tuple[Projection, ...]:
-        return self.q, self.k, self.v, self.o, self.gate, self.up, self.down
+        return tuple(getattr(self, name) for name in PROJECTIONS)
 
 
 @dataclass
@@ -324,17 +328,15 @@ def _with_bias_copies(w: Weights, dtype: torch.dtype) -> tuple[Weights, list[tup
     A 4-bit layer's bias is recast (a new tensor) by bitsandbytes' forward whenever its dtype differs from
     the input's, so a captured step cannot read it in place; the copies are refreshed every round."""
     pairs: list[tuple[torch.Tensor, Projection]] = []
-    biased = {id(p) for p in _live_4bit_biased(w)}
 
     def copied(proj: Projection) -> Projection:
-        if id(proj) not in biased:
+        if proj.quant_state is None or proj.module.bias is None:
             return proj
         copy = torch.empty(proj.shape[0], dtype=dtype, device=proj.weight.device)
         pairs.append((copy, proj))
         return dataclasses.replace(proj, bias=copy)
 
-    layers = [dataclasses.replace(layer, **{name: copied(getattr(layer, name))
-                                            for name in ("q", "k", "v", "o", "gate", "up", "down")})
+    layers = [dataclasses.replace(layer, **{name: copied(getattr(layer, name)) for name in PROJECTIONS})
               for layer in w.layers]
     return dataclasses.replace(w, layers=layers), pairs
 
@@ -375,7 +377,7 @@ def _projection(module: Any) -> Projection:
         if getattr(quant_state, "packing_format_for_cpu", False):
             raise UnsupportedModel("a 4-bit weight repacked for bitsandbytes' CPU kernel "
                                    "(an eval-mode forward on a CPU)")
-        if _bitsandbytes_version() < (0, 50):
+        if _bitsandbytes_version() < Version("0.50"):
             raise UnsupportedModel("a 4-bit base with bitsandbytes older than 0.50, whose matmul_4bit takes the "
                                    "weight transposed (pip install 'bitsandbytes>=0.50')")
         return Projection(module.weight, module.bias, quant_state=quant_state,
@@ -385,11 +387,10 @@ def _projection(module: Any) -> Projection:
     return Projection(_plain(module.weight, "a linear weight"), module.bias)
 
 
-def _bitsandbytes_version() -> tuple[int, int]:
+def _bitsandbytes_version() -> Version:
     import bitsandbytes
 
-    major, minor = bitsandbytes.__version__.split(".")[:2]
-    return int(major), int(minor)
+    return Version(bitsandbytes.__version__)
 
 
 def _distinct_rows(input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[int], torch.Tensor | None]:

@@ -188,7 +188,7 @@ def prepare_4bit_model(model: Any, *, dtype: torch.dtype, gradient_checkpointing
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     if dtype == torch.bfloat16:
         for name, param in model.named_parameters():
-            if name in was_bf16 and param.dtype == torch.float32 and type(param).__name__ != "Params4bit":
+            if name in was_bf16 and param.dtype == torch.float32:
                 param.data = param.data.to(dtype)
     return model
 

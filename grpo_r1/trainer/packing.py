@@ -16,20 +16,21 @@ same up to float rounding (tests/unit/test_packing.py).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
 
 def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *,
-                 temperature: float, compute_entropy: bool = False,
-                 entropy_requires_grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                 temperature: float, compute_entropy: bool = False, entropy_requires_grad: bool = False,
+                 takes_logits_to_keep: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probabilities (and entropies) of the last `logits_to_keep` columns of `input_ids`, as TRL's
     padded forward gives them, from one packed forward of `model` (a causal LM, PEFT-wrapped or not).
 
-    `attention_mask` marks each row's real tokens (prompt left-padded, completion right-padded). Returns
-    (rows, logits_to_keep) tensors; positions that are padding hold 0."""
+    `attention_mask` marks each row's real tokens (prompt left-padded, completion right-padded).
+    `takes_logits_to_keep`: whether the model's forward takes `logits_to_keep` (transformers' causal LMs do,
+    as an index tensor too); without it every position's logits are computed. Returns (rows, logits_to_keep)
+    tensors; positions that are padding hold 0."""
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
     mask = attention_mask.bool()
@@ -46,7 +47,7 @@ def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     index = source[completion]
     kwargs: dict[str, Any] = {"input_ids": input_ids[mask][None], "position_ids": positions[None],
                               "attention_mask": None, "use_cache": False}
-    if _takes_logits_to_keep(model):
+    if takes_logits_to_keep:
         kwargs["logits_to_keep"] = index  # only the rows' predicting positions reach the lm_head
         logits = model(**kwargs).logits
     else:
@@ -66,9 +67,3 @@ def _unpack(values: torch.Tensor, completion: torch.Tensor, rows: int) -> torch.
     """Values of the completion's real tokens back in (rows, completion length), 0 elsewhere (differentiable)."""
     out = values.new_zeros((rows, completion.shape[1]))
     return out.masked_scatter(completion, values)
-
-
-def _takes_logits_to_keep(model: Any) -> bool:
-    """Whether the causal LM's forward takes `logits_to_keep` (then as an index tensor: transformers' models do)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters

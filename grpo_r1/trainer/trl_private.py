@@ -22,7 +22,7 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
     _load_optimizer_and_scheduler              (transformers' Trainer) a resume on several CPU processes
     peft_config["ref"]                         TRL's frozen copy of the adapter for the reference forward
     _full_logits_logps, temperature,
-    _entropy_bonus_enabled                     the padded scoring forward, replaced by a packed one
+    _entropy_bonus_enabled, model_kwarg_keys   the padded scoring forward, replaced by a packed one
                                                (model.padding_free)
 """
 
@@ -287,7 +287,8 @@ def pack_scoring_forwards(trainer: Any) -> None:
         chunk = batch_size or input_ids.shape[0]
         parts = [packed_logps(model, input_ids[i:i + chunk], attention_mask[i:i + chunk], logits_to_keep,
                               temperature=trainer.temperature, compute_entropy=compute_entropy,
-                              entropy_requires_grad=trainer._entropy_bonus_enabled)
+                              entropy_requires_grad=trainer._entropy_bonus_enabled,
+                              takes_logits_to_keep="logits_to_keep" in trainer.model_kwarg_keys)
                  for i in range(0, input_ids.shape[0], chunk)]
         logps = torch.cat([p[0] for p in parts])
         entropies = torch.cat([p[1] for p in parts]) if compute_entropy else None

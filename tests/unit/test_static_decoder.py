@@ -10,6 +10,7 @@ import weakref
 
 import pytest
 import torch
+from packaging.version import Version
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
@@ -327,7 +328,7 @@ def test_a_4bit_base_under_bitsandbytes_before_0_50_is_refused(tmp_path, monkeyp
     """Before 0.50, matmul_4bit took the weight transposed (bitsandbytes' own layer passed weight.t()): the decoder
     refuses such a model (the engine then falls back to generate) rather than multiply by the transpose."""
     model = _tiny_qlora(tmp_path, torch.float32)
-    monkeypatch.setattr("grpo_r1.engines.static_decoder._bitsandbytes_version", lambda: (0, 49))
+    monkeypatch.setattr("grpo_r1.engines.static_decoder._bitsandbytes_version", lambda: Version("0.49.2"))
     with pytest.raises(UnsupportedModel, match="bitsandbytes>=0.50"):
         _decoder(model, 3, 16, 10, merged=False)
 
