@@ -29,6 +29,8 @@
 #              read live (for the 4-bit decoder's speed against bf16)
 #   q7b_unsloth_backend, seed_unsloth_backend  q7b_live and seed with model.backend=unsloth (Unsloth's patched
 #              model and LoRA kernels, its offloaded checkpointing) and the hf-compiled engine
+#   seed_packed, seed_shared, batched_packed, batched_shared  the seed and batched shapes with the scoring
+#              forwards packed (model.padding_free=true) or packed with each question's prompt once (shared_prompt)
 #   q7b_unsloth  Qwen2.5-7B QLoRA at the seed shape (as q7b_live) against Unsloth without vLLM, in one invocation
 #   plan_batched  python -m grpo_r1.plan at the batched shape, levers micro_batch and liger (PLAN_LEVERS)
 #   plan_7b       python -m grpo_r1.plan for Qwen2.5-7B in 4 bits (QLoRA) at the seed shape, levers merged_weights
@@ -65,6 +67,10 @@ for part in "$@"; do
     seed) bench seed ${cmp:+--compare $cmp} ;;
     unsloth) bench unsloth --compare unsloth ;;
     batched) bench batched "${BATCHED[@]}" ;;
+    seed_packed) bench seed_packed model.padding_free=true ;;
+    seed_shared) bench seed_shared model.padding_free=shared_prompt ;;
+    batched_packed) bench batched_packed "${BATCHED[@]}" model.padding_free=true ;;
+    batched_shared) bench batched_shared "${BATCHED[@]}" model.padding_free=shared_prompt ;;
     seed_live) bench seed_live generation.merged_weights=false ;;
     q3b_live) bench q3b_live model.load_in_4bit=true generation.merged_weights=false ;;
     q3b_merged) bench q3b_merged model.load_in_4bit=true generation.merged_weights=true ;;

@@ -44,7 +44,9 @@ class ModelConfig:
     gradient_checkpointing: bool | Literal["unsloth"] = True
     # True: the training forwards (policy, old and reference log-probabilities) run each micro-batch's rows
     # packed into one sequence without padding (grpo_r1.trainer.packing); transformers backend, TRL's loss.
-    padding_free: bool = False
+    # "shared_prompt": packed too, and the completions of a question share one pass over its prompt (needs
+    # SDPA or eager attention).
+    padding_free: bool | Literal["shared_prompt"] = False
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None
     # The chat template the prompts are formatted with; None: the tokenizer's own (a tokenizer without one

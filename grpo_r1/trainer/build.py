@@ -69,7 +69,7 @@ def build_trainer(
     if not recipe.cold_start.steps and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         trl_private.drop_fresh_reference_adapter(trainer)
     if recipe.model.padding_free:
-        trl_private.pack_scoring_forwards(trainer)
+        trl_private.pack_scoring_forwards(trainer, share_prompts=recipe.model.padding_free == "shared_prompt")
     if dynamic_sampling:
         install_dynamic_sampling(trainer, recipe.generation.resample_equal_groups, recipe.run.seed)
     return trainer, install_step_timer(trainer)

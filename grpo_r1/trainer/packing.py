@@ -1,59 +1,89 @@
-"""Training forwards without padding: a batch's rows packed into one sequence (model.padding_free).
+"""Training forwards without padding (model.padding_free): a batch's rows packed, each prompt once if asked.
 
 TRL's GRPO scores a batch as one padded tensor: each row is its left-padded prompt and its
 right-padded completion, so every row costs as many tokens as the longest prompt plus the
-longest completion. Packed, only the real tokens go through the model: the rows are laid end to
-end in one row of the batch, each with positions 0.. of its own, and transformers builds the
-attention from those positions so that no token sees another row's (a block-diagonal causal
-mask for SDPA and eager attention, variable-length kernels for flash attention). The logits are
-computed only where a completion token is predicted, then put back in TRL's (rows, completion
-length) layout, 0 at the padding that the loss masks out.
+longest completion, and a question's prompt goes through the model once per completion.
 
-The positions differ from the padded pass's (which counts a row's left padding), but rotary
-embeddings only see differences between positions, so the per-token log-probabilities are the
-same up to float rounding (tests/unit/test_packing.py).
+`padding_free: true` lays the rows end to end in one row of the batch, each with positions 0..
+of its own; transformers builds the attention from those positions so that no token sees another
+row's (a block-diagonal causal mask for SDPA and eager attention, variable-length kernels for
+flash attention).
+
+`padding_free: shared_prompt` goes further: the consecutive rows that share a prompt (the
+completions of one question) become one sequence, the prompt once and then each completion, and
+an explicit mask lets each completion see the prompt and its own earlier tokens, never another
+completion. Each such group is one row of the batch, padded to the longest group. The positions of
+a completion continue from the prompt's, as in its own row, so the keys and values it attends to
+are the ones its padded row would compute: the same log-probabilities from a prompt computed once.
+
+Either way the logits are computed only where a completion token is predicted, then put back in
+TRL's (rows, completion length) layout, 0 at the padding that the loss masks out. The positions
+differ from the padded pass's (which counts a row's left padding), but rotary embeddings only see
+differences between positions, so the per-token log-probabilities are the same up to float
+rounding (tests/unit/test_packing.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from grpo_r1.errors import RecipeError
+
+# The attention implementations that take an explicit 4D mask (shared_prompt).
+MASKED_ATTENTION = ("sdpa", "eager")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the model reads for a packed batch, and where each completion token's logits come from."""
+
+    input_ids: torch.Tensor  # (sequences, length)
+    position_ids: torch.Tensor  # (sequences, length)
+    attention_mask: torch.Tensor | None  # None: from the positions; or (sequences, 1, length, length), True = seen
+    sequence: torch.Tensor  # per completion token (in TRL's row-major order): the sequence that predicts it
+    source: torch.Tensor  # ... and the position within that sequence
+
 
 def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *,
-                 temperature: float, compute_entropy: bool = False, entropy_requires_grad: bool = False,
+                 temperature: float, share_prompts: bool = False, attention: str = "sdpa",
+                 compute_entropy: bool = False,
+                 entropy_requires_grad: bool = False,
                  takes_logits_to_keep: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probabilities (and entropies) of the last `logits_to_keep` columns of `input_ids`, as TRL's
     padded forward gives them, from one packed forward of `model` (a causal LM, PEFT-wrapped or not).
 
     `attention_mask` marks each row's real tokens (prompt left-padded, completion right-padded).
-    `takes_logits_to_keep`: whether the model's forward takes `logits_to_keep` (transformers' causal LMs do,
-    as an index tensor too); without it every position's logits are computed. Returns (rows, logits_to_keep)
-    tensors; positions that are padding hold 0."""
+    `share_prompts`: consecutive rows with the same prompt are scored as one sequence, the prompt once, through an
+    explicit mask in the form `attention` (the model's attention implementation: "sdpa" or "eager") takes.
+    `takes_logits_to_keep`: whether the model's forward takes `logits_to_keep` (transformers' causal LMs do, as an
+    index tensor too); without it every position's logits are computed. Returns (rows, logits_to_keep) tensors;
+    positions that are padding hold 0."""
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
     mask = attention_mask.bool()
-    rows = input_ids.shape[0]
     start = input_ids.shape[1] - logits_to_keep  # the completion's first column
-    counts = mask.sum(dim=1)
-    offsets = counts.cumsum(0) - counts  # where each row starts in the packed sequence
-    seen = mask.long().cumsum(dim=1)  # real tokens up to and including each column
-    positions = (seen - 1)[mask]
-    # A completion token at column j is predicted by the hidden state of column j - 1 (a real token whenever
-    # column j is: the row's last prompt token or an earlier completion token).
     completion = mask[:, start:]
-    source = offsets[:, None] + seen[:, start - 1:-1] - 1  # packed index of column j - 1
-    index = source[completion]
-    kwargs: dict[str, Any] = {"input_ids": input_ids[mask][None], "position_ids": positions[None],
-                              "attention_mask": None, "use_cache": False}
-    if takes_logits_to_keep:
-        kwargs["logits_to_keep"] = index  # only the rows' predicting positions reach the lm_head
-        logits = model(**kwargs).logits
+    if share_prompts:
+        check_attention(attention)
+        layout = _shared_prompt_layout(input_ids, mask, start, attention)
     else:
-        logits = model(**kwargs).logits[:, index]
+        layout = _rows_layout(input_ids, mask, start)
+    kwargs: dict[str, Any] = {"input_ids": layout.input_ids, "position_ids": layout.position_ids,
+                              "attention_mask": layout.attention_mask, "use_cache": False}
+    one = layout.input_ids.shape[0] == 1
+    if takes_logits_to_keep:
+        # Only the predicting positions reach the lm_head: exactly those for one sequence (repeats allowed),
+        # their union for several.
+        keep = layout.source if one else torch.unique(layout.source)
+        logits = model(**kwargs, logits_to_keep=keep).logits
+        logits = logits if one else logits[layout.sequence, torch.searchsorted(keep, layout.source)][None]
+    else:
+        logits = model(**kwargs).logits[layout.sequence, layout.source][None]
     labels = input_ids[:, start:][completion][None]
-    entropies = None
+    rows, entropies = input_ids.shape[0], None
     if compute_entropy:
         picked, picked_entropies = selective_log_softmax_and_entropy(
             logits, labels, entropy_requires_grad=entropy_requires_grad, temperature=temperature)
@@ -61,6 +91,72 @@ def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
     else:
         picked = selective_log_softmax(logits, labels, temperature=temperature)
     return _unpack(picked[0], completion, rows), entropies
+
+
+def _rows_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: int) -> _Layout:
+    """Every row's real tokens end to end in one sequence, positions restarting at 0 for each row."""
+    counts = mask.sum(dim=1)
+    offsets = counts.cumsum(0) - counts  # where each row starts in the packed sequence
+    seen = mask.long().cumsum(dim=1)  # real tokens up to and including each column
+    # A completion token at column j is predicted by the hidden state of column j - 1 (a real token whenever
+    # column j is: the row's last prompt token or an earlier completion token).
+    source = (offsets[:, None] + seen[:, start - 1:-1] - 1)[mask[:, start:]]
+    return _Layout(input_ids=input_ids[mask][None], position_ids=(seen - 1)[mask][None], attention_mask=None,
+                   sequence=torch.zeros_like(source), source=source)
+
+
+def _shared_prompt_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: int, attention: str) -> _Layout:
+    """One sequence per run of consecutive rows with the same prompt: the prompt's real tokens once, then
+    each row's completion tokens; each completion sees the prompt and itself, causally."""
+    rows, device = input_ids.shape[0], input_ids.device
+    prompt = torch.where(mask[:, :start], input_ids[:, :start], -1)
+    leads = torch.ones(rows, dtype=torch.bool, device=device)  # the first row of each group
+    leads[1:] = (prompt[1:] != prompt[:-1]).any(dim=1)
+    group = leads.long().cumsum(0) - 1
+    # The real tokens each group keeps, row-major: its first row's prompt, then every row's completion.
+    kept = mask.clone()
+    kept[~leads, :start] = False
+    row_of = torch.arange(rows, device=device)[:, None].expand_as(kept)[kept]
+    column_of = torch.arange(kept.shape[1], device=device).expand_as(kept)[kept]
+    is_prompt = column_of < start
+    group_of = group[row_of]
+    groups = int(group[-1]) + 1
+    sizes = torch.bincount(group_of, minlength=groups)
+    index = torch.arange(len(row_of), device=device) - (sizes.cumsum(0) - sizes)[group_of]  # place in its group
+    prompt_length = torch.bincount(group_of[is_prompt], minlength=groups)[group_of]
+    rank = mask[:, start:].long().cumsum(dim=1)  # a completion token's place in its completion, from 1
+    completion_rank = rank[row_of[~is_prompt], column_of[~is_prompt] - start]
+    positions = torch.where(is_prompt, index, 0)
+    positions[~is_prompt] = prompt_length[~is_prompt] + completion_rank - 1
+    # 0: a group's prompt; r + 1: the completion of its r-th row; -1: padding after the group's tokens.
+    segment = torch.zeros_like(index)
+    segment[~is_prompt] = (row_of - torch.nonzero(leads)[:, 0][group_of])[~is_prompt] + 1
+    length = int(sizes.max())
+    grid = torch.zeros((groups, length), dtype=input_ids.dtype, device=device)
+    grid_positions = torch.zeros_like(grid)
+    grid_segments = torch.full_like(grid, -1)
+    grid[group_of, index] = input_ids[kept]
+    grid_positions[group_of, index] = positions
+    grid_segments[group_of, index] = segment
+    query, key = grid_segments[:, :, None], grid_segments[:, None, :]
+    causal = torch.ones((length, length), dtype=torch.bool, device=device).tril()
+    seen = causal & ((key == query) | (key == 0))  # padding sees itself: no fully masked row
+    attention_mask = seen[:, None]
+    if attention == "eager":  # eager attention adds its mask to the scores (float32: promotes, never overflows)
+        attention_mask = torch.zeros(seen.shape, device=device).masked_fill(~seen, torch.finfo(torch.float32).min)
+        attention_mask = attention_mask[:, None]
+    # The first completion token is predicted by the prompt's last; every other by the token before it.
+    completion_index = index[~is_prompt]
+    source = torch.where(completion_rank == 1, prompt_length[~is_prompt] - 1, completion_index - 1)
+    return _Layout(input_ids=grid, position_ids=grid_positions, attention_mask=attention_mask,
+                   sequence=group_of[~is_prompt], source=source)
+
+
+def check_attention(attention: str) -> None:
+    """Refuse an attention implementation that cannot take the shared prompt's explicit mask."""
+    if attention not in MASKED_ATTENTION:
+        raise RecipeError(f"model.padding_free 'shared_prompt' needs SDPA or eager attention (an explicit mask per "
+                         f"group of completions), but the model uses {attention!r}; set model.padding_free=true")
 
 
 def _unpack(values: torch.Tensor, completion: torch.Tensor, rows: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ against the new trainer (trl/trainer/grpo_trainer.py) and nothing else:
     peft_config["ref"]                         TRL's frozen copy of the adapter for the reference forward
     _full_logits_logps, temperature,
     _entropy_bonus_enabled, model_kwarg_keys   the padded scoring forward, replaced by a packed one
-                                               (model.padding_free)
+                                               (model.padding_free, true or shared_prompt)
 """
 
 from __future__ import annotations
@@ -267,14 +267,18 @@ def load_resumed_optimizer_on_the_cpu(trainer: Any) -> None:
     trainer._load_optimizer_and_scheduler = load
 
 
-def pack_scoring_forwards(trainer: Any) -> None:
+def pack_scoring_forwards(trainer: Any, share_prompts: bool = False) -> None:
     """Make the trainer's scoring forwards (the policy's with its backward, the old and the reference
-    log-probabilities) run packed, without padding (grpo_r1.trainer.packing), in the same row chunks.
+    log-probabilities) run packed, without padding (grpo_r1.trainer.packing), in the same row chunks;
+    with `share_prompts`, each prompt once per chunk for the completions that share it.
 
     Only TRL's full-logits path is replaced (not Liger's chunked loss), and only for text: a call with
     images or an MoE auxiliary loss goes to TRL's own."""
-    from grpo_r1.trainer.packing import packed_logps
+    from grpo_r1.trainer.packing import check_attention, packed_logps
 
+    attention = trainer.model.config._attn_implementation
+    if share_prompts:
+        check_attention(attention)
     padded = trainer._full_logits_logps
 
     @functools.wraps(padded)
@@ -286,7 +290,8 @@ def pack_scoring_forwards(trainer: Any) -> None:
                           compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
         chunk = batch_size or input_ids.shape[0]
         parts = [packed_logps(model, input_ids[i:i + chunk], attention_mask[i:i + chunk], logits_to_keep,
-                              temperature=trainer.temperature, compute_entropy=compute_entropy,
+                              temperature=trainer.temperature, share_prompts=share_prompts, attention=attention,
+                              compute_entropy=compute_entropy,
                               entropy_requires_grad=trainer._entropy_bonus_enabled,
                               takes_logits_to_keep="logits_to_keep" in trainer.model_kwarg_keys)
                  for i in range(0, input_ids.shape[0], chunk)]

@@ -1,8 +1,10 @@
-"""model.padding_free on a real GRPOTrainer (SmolLM2-135M): a step's reference log-probabilities, its loss and its
-LoRA gradients equal those of TRL's padded forwards, for completions of different lengths."""
+"""model.padding_free (true and shared_prompt) on a real GRPOTrainer (SmolLM2-135M): a step's reference
+log-probabilities, its loss and its LoRA gradients equal those of TRL's padded forwards, for completions of
+different lengths."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -41,7 +43,8 @@ def _step(trainer):
     return batch, loss.detach(), grads, seen
 
 
-def test_packed_scoring_gives_the_padded_steps_logprobs_loss_and_gradients(tmp_path):
+@pytest.mark.parametrize("share_prompts", [False, True])
+def test_packed_scoring_gives_the_padded_steps_logprobs_loss_and_gradients(tmp_path, share_prompts):
     folder = smollm2_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     padded = tiny_grpo_trainer(folder, tokenizer, _rollout(tokenizer), output_dir=str(tmp_path / "padded"))
@@ -52,15 +55,21 @@ def test_packed_scoring_gives_the_padded_steps_logprobs_loss_and_gradients(tmp_p
             for name, param in trainer.model.named_parameters():
                 if ".lora_B.default." in name:
                     param.normal_(std=0.01)
-    trl_private.pack_scoring_forwards(packed)
+    trl_private.pack_scoring_forwards(packed, share_prompts=share_prompts)
     padded_batch, padded_loss, padded_grads, padded_shapes = _step(padded)
     packed_batch, packed_loss, packed_grads, packed_shapes = _step(packed)
-    # the reference forward and the policy's: padded as 4 rows, packed as one row of the real tokens only
+    # the reference forward and the policy's: padded as 4 rows; packed as one row of the real tokens only, or
+    # as one row per question (each prompt once, then its 2 completions), padded to the longer
     assert len(padded_shapes) == len(packed_shapes) == 2
-    assert all(rows == 4 for rows, _ in padded_shapes) and all(rows == 1 for rows, _ in packed_shapes)
-    real = int(padded_batch["prompt_mask"].sum() + padded_batch["completion_mask"].sum())
-    assert all(tokens == real for _, tokens in packed_shapes)
-    mask = padded_batch["completion_mask"].bool()
+    prompt_mask, completion_mask = padded_batch["prompt_mask"], padded_batch["completion_mask"]
+    if share_prompts:
+        questions = [int(prompt_mask[row].sum() + completion_mask[row:row + 2].sum()) for row in (0, 2)]
+        assert all(shape == (2, max(questions)) for shape in packed_shapes)
+    else:
+        real = int(prompt_mask.sum() + completion_mask.sum())
+        assert all(shape == (1, real) for shape in packed_shapes)
+    assert all(rows == 4 for rows, _ in padded_shapes)
+    mask = completion_mask.bool()
     assert not mask.all()  # the completions differ in length: the padded batch has padding
     assert torch.equal(mask, packed_batch["completion_mask"].bool())
     ref_padded, ref_packed = padded_batch["ref_per_token_logps"], packed_batch["ref_per_token_logps"]

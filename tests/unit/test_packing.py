@@ -1,5 +1,5 @@
-"""Packed training forwards (model.padding_free) against TRL's padded ones: the same per-token log-probabilities,
-entropies and LoRA gradients, on a small Qwen2 with a LoRA whose B is non-zero."""
+"""Packed training forwards (model.padding_free, true and shared_prompt) against TRL's padded ones: the same
+per-token log-probabilities, entropies and LoRA gradients, on a small Qwen2 with a LoRA whose B is non-zero."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from tests.helpers import CPU_RECIPE
 VOCAB = 96
 
 
-def _model():
+def _model(attention="sdpa"):
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                         attn_implementation="sdpa")
+                         attn_implementation=attention)
     model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
     for name, param in model.named_parameters():
         if "lora_B" in name:
@@ -29,14 +29,19 @@ def _model():
     return model.train()
 
 
-def _batch(prompt_lengths, completion_lengths, prompt_width=9, completion_width=7):
-    """TRL's layout: prompts left-padded to prompt_width, completions right-padded to completion_width."""
+def _batch(prompt_lengths, completion_lengths, prompt_width=9, completion_width=7, groups=None):
+    """TRL's layout: prompts left-padded to prompt_width, completions right-padded to completion_width.
+    `groups`: per row, which prompt it has (rows with the same one get the same prompt tokens); default all
+    different."""
     generator = torch.Generator().manual_seed(1)
     rows = len(prompt_lengths)
+    groups = groups or list(range(rows))
+    prompts = {g: torch.randint(2, VOCAB, (p,), generator=generator) for g, p in zip(groups, prompt_lengths)}
     ids = torch.zeros((rows, prompt_width + completion_width), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, (p, c) in enumerate(zip(prompt_lengths, completion_lengths, strict=True)):
-        ids[row, prompt_width - p:prompt_width + c] = torch.randint(2, VOCAB, (p + c,), generator=generator)
+        ids[row, prompt_width - p:prompt_width] = prompts[groups[row]]
+        ids[row, prompt_width:prompt_width + c] = torch.randint(2, VOCAB, (c,), generator=generator)
         mask[row, prompt_width - p:prompt_width + c] = 1
     return ids, mask, completion_width
 
@@ -48,17 +53,30 @@ def _padded_logps(model, ids, mask, keep, temperature):
                                              row_mask=mask[:, -keep:])
 
 
-def test_packed_logprobs_entropies_and_lora_gradients_equal_the_padded_ones():
-    model = _model()
-    ids, mask, keep = _batch([9, 4, 6, 2], [7, 3, 1, 5])
+# (prompt lengths, completion lengths, which prompt each row has): rows of one question, of several questions
+# (the last alone), and of one question whose completions are cut short unevenly.
+SHARED = [([9, 9, 9, 4, 4, 6], [7, 3, 1, 5, 7, 2], [0, 0, 0, 1, 1, 2]),
+          ([5, 5, 5, 5], [1, 7, 4, 2], [0, 0, 0, 0])]
+
+
+@pytest.mark.parametrize(("share_prompts", "attention", "batch"), [
+    (False, "sdpa", ([9, 4, 6, 2], [7, 3, 1, 5], None)),
+    *[(True, "sdpa", batch) for batch in SHARED],
+    (True, "eager", SHARED[0]),
+])
+def test_packed_logprobs_entropies_and_lora_gradients_equal_the_padded_ones(share_prompts, attention, batch):
+    model = _model(attention)
+    prompts, completions, groups = batch
+    ids, mask, keep = _batch(prompts, completions, groups=groups)
     completion = mask[:, -keep:].bool()
     padded, padded_entropy = _padded_logps(model, ids, mask, keep, 0.8)
     (padded * completion).sum().backward()
     padded_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
-    packed, packed_entropy = packed_logps(model, ids, mask, keep, temperature=0.8, compute_entropy=True)
+    packed, packed_entropy = packed_logps(model, ids, mask, keep, temperature=0.8, compute_entropy=True,
+                                          share_prompts=share_prompts, attention=attention)
     (packed * completion).sum().backward()
-    assert packed.shape == padded.shape == (4, keep)
+    assert packed.shape == padded.shape == (len(prompts), keep)
     assert torch.allclose(packed[completion], padded[completion], atol=1e-5)
     assert torch.allclose(packed_entropy[completion], padded_entropy[completion], atol=1e-5)
     assert (packed[~completion] == 0).all()  # padding: 0, as TRL's masked rows
@@ -66,6 +84,53 @@ def test_packed_logprobs_entropies_and_lora_gradients_equal_the_padded_ones():
     for name, param in model.named_parameters():
         if param.requires_grad:
             assert torch.allclose(param.grad, padded_grads[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize("takes_logits_to_keep", [True, False])
+def test_each_prompt_goes_through_the_model_once(takes_logits_to_keep):
+    """shared_prompt: one sequence per question, its prompt once and then each completion, nothing else."""
+    model = _model().eval()
+    prompts, completions, groups = SHARED[0]
+    ids, mask, keep = _batch(prompts, completions, groups=groups)
+    seen = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True)
+    with torch.no_grad():
+        shared, _ = packed_logps(model, ids, mask, keep, temperature=1.0, share_prompts=True,
+                                 takes_logits_to_keep=takes_logits_to_keep)
+        rows, _ = packed_logps(model, ids, mask, keep, temperature=1.0)
+    hook.remove()
+    assert torch.allclose(shared, rows, atol=1e-5)
+    sequences = seen[0]
+    assert sequences.shape == (3, 9 + 7 + 3 + 1)  # 3 questions, the longest: a 9-token prompt, 11 completion tokens
+    for group, first, last in [(0, 0, 3), (1, 3, 5), (2, 5, 6)]:
+        tokens = [ids[first][mask[first].bool()][:prompts[first]]]
+        tokens += [ids[row, -keep:][mask[row, -keep:].bool()] for row in range(first, last)]
+        real = torch.cat(tokens)
+        assert torch.equal(sequences[group, :len(real)], real)
+
+
+def test_a_completion_is_not_attended_by_another_of_its_question():
+    """Changing one completion changes no other completion's log-probabilities, in its group or another."""
+    model = _model().eval()
+    prompts, completions, groups = SHARED[0]
+    ids, mask, keep = _batch(prompts, completions, groups=groups)
+    with torch.no_grad():
+        before, _ = packed_logps(model, ids, mask, keep, temperature=1.0, share_prompts=True)
+        changed = ids.clone()
+        real = mask[1, -keep:].bool()
+        changed[1, -keep:][real] = (changed[1, -keep:][real] + 7) % VOCAB
+        after, _ = packed_logps(model, changed, mask, keep, temperature=1.0, share_prompts=True)
+    assert not torch.allclose(before[1], after[1])
+    others = [0, 2, 3, 4, 5]
+    assert torch.equal(before[others], after[others])
+
+
+def test_shared_prompt_refuses_an_attention_without_an_explicit_mask():
+    model = _model()
+    ids, mask, keep = _batch([3, 3], [2, 2], groups=[0, 0])
+    with pytest.raises(RecipeError, match="set model.padding_free=true"):
+        packed_logps(model, ids, mask, keep, temperature=1.0, share_prompts=True, attention="flash_attention_2")
 
 
 def test_a_row_is_not_attended_by_another():
@@ -84,6 +149,7 @@ def test_a_row_is_not_attended_by_another():
 @pytest.mark.parametrize(("overrides", "message"), [
     (["model.padding_free=true", "training.use_liger_kernel=true"], "set one of them to false"),
     (["model.padding_free=true", "model.backend=unsloth"], "needs model.backend 'transformers'"),
+    (["model.padding_free=shared_prompt", "model.backend=unsloth"], "needs model.backend 'transformers'"),
 ])
 def test_padding_free_with_what_replaces_the_forward_is_refused(overrides, message):
     with pytest.raises(RecipeError, match=message):
