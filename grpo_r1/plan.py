@@ -13,7 +13,8 @@ Options:
                        (default: all the device has)
     --levers LIST      the levers to try, comma-separated (default micro_batch,checkpointing,liger,
                        merged_weights; also optim and load_in_4bit, which change the numbers trained,
-                       and unsloth, Unsloth's model and kernels for training)
+                       unsloth, Unsloth's model and kernels for training, and padding_free, the
+                       scoring forwards packed with each question's prompt once)
     --micro-batches LIST  the micro-batch sizes to try (default: the recipe's, its halvings and
                        doublings, and the whole step)
     --steps N          timed steps per fitting candidate (default 3), after --warmup W (default 1)

@@ -18,11 +18,14 @@ A candidate is the recipe with some of these settings (the levers) changed:
     unsloth          model.backend unsloth or transformers: Unsloth's patched model and LoRA kernels train
                      (with checkpointing, its offloaded kind), whichever engine samples; needs a CUDA GPU
                      and unsloth, and a generation.engine other than unsloth (its vLLM needs its backend)
+    padding_free     model.padding_free shared_prompt or off: the scoring forwards packed, each question's
+                     prompt once (grpo_r1.trainer.packing); the transformers backend and TRL's loss
 
 The first four change how a step is computed, not what it computes (up to float rounding; with
 training.loss_type bnpo the micro-batch also changes the loss's normaliser): they are
 DEFAULT_LEVERS. `optim` and `load_in_4bit` change the numbers trained, so they are tried only when
-named. `unsloth` is tried only when named too: Unsloth patches transformers and TRL in the process
+named. `unsloth` and `padding_free` are tried only when named too (padding_free changes only float rounding,
+but it is new and not yet measured on a GPU). Unsloth patches transformers and TRL in the process
 that imports it, which a probe's process of its own allows, but a training process that has already
 planned (run.auto_fit) would import it too late.
 
@@ -75,7 +78,8 @@ from grpo_r1.trainer.preflight import PreflightError, preflight_step
 
 logger = logging.getLogger(__name__)
 
-LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights", "optim", "load_in_4bit", "unsloth")
+LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights", "optim", "load_in_4bit", "unsloth",
+          "padding_free")
 DEFAULT_LEVERS = ("micro_batch", "checkpointing", "liger", "merged_weights")
 # The optimizers the optim lever switches between: 8-bit state (paged), or fused 32-bit.
 OPTIMIZERS = ("paged_adamw_8bit", "adamw_torch_fused")
@@ -318,6 +322,10 @@ def candidate_values(recipe: Recipe, settings: PlanSettings) -> dict[str, list[A
           "a generation.engine other than unsloth (Unsloth's vLLM needs model.backend unsloth)"
           if gen.engine == "unsloth" else None if cuda and importlib.util.find_spec("unsloth") else
           "a CUDA GPU and unsloth (README, 'On a GPU')")
+    # A combination with Liger's loss or the unsloth backend is refused by the recipe's checks (that candidate only).
+    lever("padding_free", model.padding_free, False if model.padding_free else "shared_prompt",
+          None if model.backend == "transformers" or "unsloth" in named else
+          "model.backend transformers (Unsloth scores with forwards of its own), or the unsloth lever beside it")
     values["micro_batch"] = _micro_batches(recipe, settings) if "micro_batch" in named else [_own_micro_batch(recipe)]
     if len(values["micro_batch"]) > 1 and _training_value(recipe, "loss_type") == "bnpo":
         logger.warning("planner: with training.loss_type bnpo the loss is normalised per micro-batch, so a "
@@ -426,7 +434,7 @@ def _gib(value: int | None) -> float | None:
 
 LEVER_KEYS = {"checkpointing": "model.gradient_checkpointing", "liger": "training.use_liger_kernel",
               "merged_weights": "generation.merged_weights", "optim": "training.optim",
-              "load_in_4bit": "model.load_in_4bit", "unsloth": "model.backend"}
+              "load_in_4bit": "model.load_in_4bit", "unsloth": "model.backend", "padding_free": "model.padding_free"}
 
 
 def _memory_rank(lever: str, value: Any) -> int:
@@ -436,6 +444,8 @@ def _memory_rank(lever: str, value: Any) -> int:
     if lever == "liger":
         return 0 if value else 1
     if lever == "load_in_4bit":
+        return 0 if value else 1
+    if lever == "padding_free":  # packed: no padding's activations
         return 0 if value else 1
     if lever == "merged_weights":
         return 1 if value else 0

@@ -182,6 +182,31 @@ def test_the_unsloth_lever_swaps_the_backend_and_its_kind_of_checkpointing(monke
                     PlanSettings(levers=("unsloth",)), run_probe=recording)
 
 
+def test_the_padding_free_lever_tries_the_shared_prompt_where_the_recipe_checks_allow_it(monkeypatch):
+    """Named, the padding_free lever tries model.padding_free=shared_prompt beside the recipe's own; with Liger's
+    loss (which replaces the forward it packs) the recipe's check refuses the combination, and no probe runs it."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "liger_kernel" else None)
+    recipe = load_recipe(CPU_RECIPE, [*BATCHED, "training.use_cpu=false"])
+    run_probe, seen = memory_model(limit_rows=48)
+    probed = []
+
+    def recording(candidate_recipe, settings):
+        probed.append((candidate_recipe.model.padding_free, candidate_recipe.training.get("use_liger_kernel", False)))
+        return run_probe(candidate_recipe, settings)
+
+    plan = plan_recipe(recipe, PlanSettings(levers=("padding_free", "liger")), run_probe=recording)
+    assert probed == [(False, False), ("shared_prompt", False), (False, True)]
+    assert [(p.candidate.overrides, p.status) for p in plan.probes] == [
+        ((), FITS), (("model.padding_free=shared_prompt",), FITS), (("training.use_liger_kernel=true",), FITS),
+        (("training.use_liger_kernel=true", "model.padding_free=shared_prompt"), FAILED)]
+    assert "set one of them to false" in plan.probes[-1].note
+    packed = load_recipe(CPU_RECIPE, [*BATCHED, "model.padding_free=true"])
+    probed.clear()
+    plan_recipe(packed, PlanSettings(levers=("padding_free",)), run_probe=recording)
+    assert probed == [(True, False), (False, False)]  # the recipe's own first, then off
+
+
 @pytest.mark.parametrize(("settings", "overrides", "message"), [
     (dict(levers=("speed",)), [], "unknown lever 'speed'"),
     (dict(levers=()), [], "name at least one lever"),
@@ -192,6 +217,7 @@ def test_the_unsloth_lever_swaps_the_backend_and_its_kind_of_checkpointing(monke
     (dict(levers=("load_in_4bit",)), [], "needs a CUDA GPU and bitsandbytes"),
     (dict(levers=("unsloth",)), [], "the unsloth lever needs a CUDA GPU and unsloth"),
     (dict(levers=("merged_weights",)), ["generation.engine=hf"], "needs generation.engine=hf-compiled"),
+    (dict(levers=("padding_free",)), ["model.backend=unsloth"], "padding_free lever needs model.backend transformers"),
 ])
 def test_bad_plans_are_refused_with_the_fix(settings, overrides, message, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the liger and 4-bit levers need a GPU
