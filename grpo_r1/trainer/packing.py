@@ -49,8 +49,7 @@ class _Layout:
 
 def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *,
                  temperature: float, share_prompts: bool = False, attention: str = "sdpa",
-                 compute_entropy: bool = False,
-                 entropy_requires_grad: bool = False,
+                 compute_entropy: bool = False, entropy_requires_grad: bool = False,
                  takes_logits_to_keep: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probabilities (and entropies) of the last `logits_to_keep` columns of `input_ids`, as TRL's
     padded forward gives them, from one packed forward of `model` (a causal LM, PEFT-wrapped or not).
@@ -120,6 +119,7 @@ def _shared_prompt_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: in
     column_of = torch.arange(kept.shape[1], device=device).expand_as(kept)[kept]
     is_prompt = column_of < start
     group_of = group[row_of]
+    row_in_group = row_of - torch.nonzero(leads)[:, 0][group_of]
     groups = int(group[-1]) + 1
     sizes = torch.bincount(group_of, minlength=groups)
     index = torch.arange(len(row_of), device=device) - (sizes.cumsum(0) - sizes)[group_of]  # place in its group
@@ -130,7 +130,7 @@ def _shared_prompt_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: in
     positions[~is_prompt] = prompt_length[~is_prompt] + completion_rank - 1
     # 0: a group's prompt; r + 1: the completion of its r-th row; -1: padding after the group's tokens.
     segment = torch.zeros_like(index)
-    segment[~is_prompt] = (row_of - torch.nonzero(leads)[:, 0][group_of])[~is_prompt] + 1
+    segment[~is_prompt] = row_in_group[~is_prompt] + 1
     length = int(sizes.max())
     grid = torch.zeros((groups, length), dtype=input_ids.dtype, device=device)
     grid_positions = torch.zeros_like(grid)
