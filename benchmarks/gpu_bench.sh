@@ -27,8 +27,9 @@
 #              (live) or from a dequantized merged copy
 #   q7b_live, q7b_bf16  Qwen2.5-7B at the seed shape: QLoRA decoded through the 4-bit matmul, and a bf16 LoRA
 #              read live (for the 4-bit decoder's speed against bf16)
-#   q7b_unsloth_backend, seed_unsloth_backend  q7b_live and seed with model.backend=unsloth (Unsloth's patched
-#              model and LoRA kernels, its offloaded checkpointing) and the hf-compiled engine
+#   q7b_unsloth_backend, seed_unsloth_backend, batched_unsloth_backend  q7b_live, seed and batched with
+#              model.backend=unsloth (Unsloth's patched model and LoRA kernels, its offloaded checkpointing)
+#              and the hf-compiled engine
 #   seed_packed, seed_shared, batched_packed, batched_shared  the seed and batched shapes with the scoring
 #              forwards packed (model.padding_free=true) or packed with each question's prompt once (shared_prompt)
 #   q7b_unsloth  Qwen2.5-7B QLoRA at the seed shape (as q7b_live) against Unsloth without vLLM, in one invocation
@@ -80,6 +81,8 @@ for part in "$@"; do
     q7b_unsloth_backend) bench q7b_unsloth_backend model.architecture=qwen2.5-7b model.load_in_4bit=true \
         generation.merged_weights=false model.backend=unsloth model.gradient_checkpointing=unsloth ;;
     seed_unsloth_backend) bench seed_unsloth_backend model.backend=unsloth model.gradient_checkpointing=unsloth ;;
+    batched_unsloth_backend) bench batched_unsloth_backend "${BATCHED[@]}" model.backend=unsloth \
+        model.gradient_checkpointing=unsloth ;;
     q7b_bf16) bench q7b_bf16 model.architecture=qwen2.5-7b generation.merged_weights=false ;;
     seed_before) CODE_DIR=.carry/before bench seed_before ;;
     batched_before) CODE_DIR=.carry/before bench batched_before "${BATCHED[@]}" ;;
