@@ -9,6 +9,8 @@
 #                       2026-12-02)
 #   batched_fused       the batched shape with fused fp32 AdamW instead of paged 8-bit
 #   batched_expandable  the batched shape with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+#   gpu_tests  the tests marked gpu in GPU_TESTS (default tests/unit/test_packing.py: the rest of tests/ needs
+#              packages the GPU machine lacks), e.g. FlexAttention's shared-prompt backward against the padded one
 #   micro      the static decoder's time per token and its logprob gap (benchmarks/gen_microbench.py)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
@@ -107,6 +109,8 @@ for part in "$@"; do
     batched_zero) bench batched_zero "${BATCHED[@]}" "$SEED_REWARDS" ;;
     batched_fused) bench batched_fused "${BATCHED[@]}" training.optim=adamw_torch_fused ;;
     batched_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_expandable "${BATCHED[@]}" ;;
+    gpu_tests) timeout $limit python -m pytest -q -p no:cacheprovider -p no:logging -m gpu ${GPU_TESTS:-tests/unit/test_packing.py} \
+        2>&1 | tee "$out/gpu_tests.log" | grep -v DEBUG | tail -15 ;;
     micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
     batched_levers) mkdir -p "$out/batched"

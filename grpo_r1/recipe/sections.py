@@ -45,7 +45,7 @@ class ModelConfig:
     # True: the training forwards (policy, old and reference log-probabilities) run each micro-batch's rows
     # packed into one sequence without padding (grpo_r1.trainer.packing); transformers backend, TRL's loss.
     # "shared_prompt": packed too, and the completions of a question share one pass over its prompt (needs
-    # SDPA or eager attention).
+    # SDPA or eager attention; on a GPU it runs through FlexAttention with a block mask).
     padding_free: bool | Literal["shared_prompt"] = False
     # Tokenizer folder or hub id when it differs from the model's.
     tokenizer: str | None = None

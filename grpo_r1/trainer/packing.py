@@ -16,6 +16,13 @@ completion. Each such group is one row of the batch, padded to the longest group
 a completion continue from the prompt's, as in its own row, so the keys and values it attends to
 are the ones its padded row would compute: the same log-probabilities from a prompt computed once.
 
+On a GPU `shared_prompt` runs through FlexAttention (`use_flex_attention`): the packed forward then reads
+the questions end to end in one sequence without padding, with a block mask, so the blocks a completion
+does not see (another completion, another question) cost nothing, and every other forward keeps SDPA.
+Without it (the CPU, where FlexAttention has no backward), SDPA or eager attention take the dense mask.
+With the dense mask SDPA computes every masked-out pair, which made it slower than the padded forward on a
+GPU (docs/benchmarks.md has both).
+
 Either way the logits are computed only where a completion token is predicted, then put back in
 TRL's (rows, completion length) layout, 0 at the padding that the loss masks out. The positions
 differ from the padded pass's (which counts a row's left padding), but rotary embeddings only see
@@ -34,6 +41,8 @@ from grpo_r1.errors import RecipeError
 
 # The attention implementations that take an explicit 4D mask (shared_prompt).
 MASKED_ATTENTION = ("sdpa", "eager")
+# The name transformers knows `packed_attention` by: SDPA, or FlexAttention for the packed forwards' block masks.
+FLEX_PACKED = "grpo_r1_sdpa_or_flex"
 
 
 @dataclass(frozen=True)
@@ -42,7 +51,8 @@ class _Layout:
 
     input_ids: torch.Tensor  # (sequences, length)
     position_ids: torch.Tensor  # (sequences, length)
-    attention_mask: torch.Tensor | None  # None: from the positions; or (sequences, 1, length, length), True = seen
+    # None: from the positions; (sequences, 1, length, length), True (or 0) = seen; or a FlexAttention BlockMask
+    attention_mask: Any
     sequence: torch.Tensor  # per completion token (in TRL's row-major order): the sequence that predicts it
     source: torch.Tensor  # ... and the position within that sequence
 
@@ -56,7 +66,8 @@ def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
 
     `attention_mask` marks each row's real tokens (prompt left-padded, completion right-padded).
     `share_prompts`: consecutive rows with the same prompt are scored as one sequence, the prompt once, through an
-    explicit mask in the form `attention` (the model's attention implementation: "sdpa" or "eager") takes.
+    explicit mask in the form `attention` (the model's attention implementation: "sdpa", "eager" or FLEX_PACKED,
+    see `use_flex_attention`) takes.
     `takes_logits_to_keep`: whether the model's forward takes `logits_to_keep` (transformers' causal LMs do, as an
     index tensor too); without it every position's logits are computed. Returns (rows, logits_to_keep) tensors;
     positions that are padding hold 0."""
@@ -93,7 +104,8 @@ def packed_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def _rows_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: int) -> _Layout:
-    """Every row's real tokens end to end in one sequence, positions restarting at 0 for each row."""
+    """Every row's real tokens end to end in one sequence, positions restarting at 0 for each row (from which
+    transformers builds the mask)."""
     counts = mask.sum(dim=1)
     offsets = counts.cumsum(0) - counts  # where each row starts in the packed sequence
     seen = mask.long().cumsum(dim=1)  # real tokens up to and including each column
@@ -131,6 +143,13 @@ def _shared_prompt_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: in
     # 0: a group's prompt; r + 1: the completion of its r-th row; -1: padding after the group's tokens.
     segment = torch.zeros_like(index)
     segment[~is_prompt] = row_in_group[~is_prompt] + 1
+    # The first completion token is predicted by the prompt's last; every other by the token before it.
+    completion_index = index[~is_prompt]
+    source = torch.where(completion_rank == 1, prompt_length[~is_prompt] - 1, completion_index - 1)
+    if attention == FLEX_PACKED:  # the groups end to end in one sequence (kept is in that order already)
+        source = source + (sizes.cumsum(0) - sizes)[group_of[~is_prompt]]
+        return _Layout(input_ids=input_ids[kept][None], position_ids=positions[None],
+                       attention_mask=_block_mask(group_of, segment), sequence=torch.zeros_like(source), source=source)
     length = int(sizes.max())
     grid = torch.zeros((groups, length), dtype=input_ids.dtype, device=device)
     grid_positions = torch.zeros_like(grid)
@@ -145,16 +164,50 @@ def _shared_prompt_layout(input_ids: torch.Tensor, mask: torch.Tensor, start: in
     if attention == "eager":  # eager attention adds its mask to the scores (float32: promotes, never overflows)
         attention_mask = torch.zeros(seen.shape, device=device).masked_fill(~seen, torch.finfo(torch.float32).min)
         attention_mask = attention_mask[:, None]
-    # The first completion token is predicted by the prompt's last; every other by the token before it.
-    completion_index = index[~is_prompt]
-    source = torch.where(completion_rank == 1, prompt_length[~is_prompt] - 1, completion_index - 1)
     return _Layout(input_ids=grid, position_ids=grid_positions, attention_mask=attention_mask,
                    sequence=group_of[~is_prompt], source=source)
 
 
+def _block_mask(document: torch.Tensor, segment: torch.Tensor) -> Any:
+    """FlexAttention's block mask over one packed sequence: a token sees the earlier tokens of its own document
+    (question) that are in its own segment (completion) or in segment 0 (the question's prompt)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def seen(batch: torch.Tensor, head: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        same = (document[key] == document[query]) & ((segment[key] == segment[query]) | (segment[key] == 0))
+        return (key <= query) & same
+
+    length = document.shape[0]
+    return create_block_mask(seen, B=None, H=None, Q_LEN=length, KV_LEN=length, device=document.device)
+
+
+def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any,
+                     **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers' SDPA attention, or its FlexAttention for a block mask (the packed forwards')."""
+    from torch.nn.attention.flex_attention import BlockMask
+    from transformers.integrations.flex_attention import flex_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if isinstance(attention_mask, BlockMask):
+        return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def use_flex_attention(model: Any) -> None:
+    """Run the shared-prompt forwards of `model` (a transformers model using SDPA, PEFT-wrapped or not) through
+    FlexAttention with a block mask, every other forward through SDPA as before. Needs a GPU for the backward."""
+    from peft import PeftModel
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(FLEX_PACKED, packed_attention)
+    AttentionMaskInterface.register(FLEX_PACKED, sdpa_mask)
+    (model.get_base_model() if isinstance(model, PeftModel) else model).set_attn_implementation(FLEX_PACKED)
+
+
 def check_attention(attention: str) -> None:
     """Refuse an attention implementation that cannot take the shared prompt's explicit mask."""
-    if attention not in MASKED_ATTENTION:
+    if attention not in (*MASKED_ATTENTION, FLEX_PACKED):
         raise RecipeError(f"model.padding_free 'shared_prompt' needs SDPA or eager attention (an explicit mask per "
                          f"group of completions), but the model uses {attention!r}; set model.padding_free=true")
 

@@ -270,15 +270,19 @@ def load_resumed_optimizer_on_the_cpu(trainer: Any) -> None:
 def pack_scoring_forwards(trainer: Any, share_prompts: bool = False) -> None:
     """Make the trainer's scoring forwards (the policy's with its backward, the old and the reference
     log-probabilities) run packed, without padding (grpo_r1.trainer.packing), in the same row chunks;
-    with `share_prompts`, each prompt once per chunk for the completions that share it.
+    with `share_prompts`, each prompt once per chunk for the completions that share it, on a GPU through
+    FlexAttention with a block mask for an SDPA model (grpo_r1.trainer.packing.use_flex_attention).
 
     Only TRL's full-logits path is replaced (not Liger's chunked loss), and only for text: a call with
     images or an MoE auxiliary loss goes to TRL's own."""
-    from grpo_r1.trainer.packing import check_attention, packed_logps
+    from grpo_r1.trainer.packing import FLEX_PACKED, check_attention, packed_logps, use_flex_attention
 
     attention = trainer.model.config._attn_implementation
     if share_prompts:
         check_attention(attention)
+    if share_prompts and attention == "sdpa" and trainer.model.device.type == "cuda":
+        use_flex_attention(trainer.model)
+        attention = FLEX_PACKED
     padded = trainer._full_logits_logps
 
     @functools.wraps(padded)

@@ -11,7 +11,7 @@ from trl.trainer.utils import selective_log_softmax_and_entropy
 
 from grpo_r1.errors import RecipeError
 from grpo_r1.recipe import load_recipe
-from grpo_r1.trainer.packing import packed_logps
+from grpo_r1.trainer.packing import FLEX_PACKED, packed_logps, use_flex_attention
 from tests.helpers import CPU_RECIPE
 
 VOCAB = 96
@@ -154,3 +154,50 @@ def test_a_row_is_not_attended_by_another():
 def test_padding_free_with_what_replaces_the_forward_is_refused(overrides, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(CPU_RECIPE, overrides)
+
+
+def _flex_model(device="cpu"):
+    model = _model().to(device)
+    use_flex_attention(model)
+    return model
+
+
+def test_flex_attention_packs_one_sequence_and_gives_the_padded_logprobs():
+    """On a GPU shared_prompt runs through FlexAttention: one sequence, no padding, a block mask. (Its backward
+    needs a GPU, the test below; on the CPU the forward runs.) Other forwards keep SDPA."""
+    model = _flex_model().eval()
+    prompts, completions, groups = SHARED[0]
+    ids, mask, keep = _batch(prompts, completions, groups=groups)
+    seen = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    with torch.no_grad():
+        padded, _ = _padded_logps(model, ids, mask, keep, 1.0)
+        packed, _ = packed_logps(model, ids, mask, keep, temperature=1.0, share_prompts=True, attention=FLEX_PACKED)
+    hook.remove()
+    completion = mask[:, -keep:].bool()
+    assert torch.allclose(packed[completion], padded[completion], atol=1e-5)
+    assert (packed[~completion] == 0).all()
+    prompt_tokens = sum(prompts[first] for first in (0, 3, 5))  # each question's prompt once
+    assert seen[1]["input_ids"].shape == (1, prompt_tokens + sum(completions))
+    assert type(seen[1]["attention_mask"]).__name__ == "BlockMask"
+    assert seen[0]["attention_mask"] is mask  # the padded forward: transformers' own SDPA mask from it
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs a GPU")
+def test_flex_attention_gives_the_padded_lora_gradients_on_a_gpu():
+    model = _flex_model("cuda")
+    prompts, completions, groups = SHARED[0]
+    ids, mask, keep = (t.cuda() if torch.is_tensor(t) else t for t in _batch(prompts, completions, groups=groups))
+    completion = mask[:, -keep:].bool()
+    padded, _ = _padded_logps(model, ids, mask, keep, 0.8)
+    (padded * completion).sum().backward()
+    padded_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    packed, _ = packed_logps(model, ids, mask, keep, temperature=0.8, share_prompts=True, attention=FLEX_PACKED)
+    (packed * completion).sum().backward()
+    assert torch.allclose(packed[completion], padded[completion], atol=1e-4)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.allclose(param.grad, padded_grads[name], atol=1e-4), name
