@@ -18,7 +18,7 @@ are the ones its padded row would compute: the same log-probabilities from a pro
 
 On a GPU `shared_prompt` runs through FlexAttention (`use_flex_attention`): the packed forward then reads
 the questions end to end in one sequence without padding, with a block mask, so the blocks a completion
-does not see (another completion, another question) cost nothing, and every other forward keeps SDPA.
+does not see at all (another completion, another question) are skipped, and every other forward keeps SDPA.
 Without it (the CPU, where FlexAttention has no backward), SDPA or eager attention take the dense mask.
 With the dense mask SDPA computes every masked-out pair, which made it slower than the padded forward on a
 GPU (docs/benchmarks.md has both).
@@ -202,7 +202,11 @@ def use_flex_attention(model: Any) -> None:
 
     AttentionInterface.register(FLEX_PACKED, packed_attention)
     AttentionMaskInterface.register(FLEX_PACKED, sdpa_mask)
-    (model.get_base_model() if isinstance(model, PeftModel) else model).set_attn_implementation(FLEX_PACKED)
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base.set_attn_implementation(FLEX_PACKED)
+    if base.config._attn_implementation != FLEX_PACKED:  # transformers only warns for a model that cannot switch
+        raise RecipeError(f"model.padding_free 'shared_prompt': {type(base).__name__} cannot switch its attention "
+                          "to FlexAttention for the shared prompts' block mask; set model.padding_free=true")
 
 
 def check_attention(attention: str) -> None:
