@@ -158,7 +158,7 @@ def test_effective_batch_is_trls_over_a_grid_of_shapes_and_process_counts(tmp_pa
 SHARE_SCRIPT = """
 import sys
 from grpo_r1.errors import GrpoR1Error
-from grpo_r1.launch import join, launch_from_env, on_main_then_share
+from grpo_r1.launch import join, launch_from_env, leave, on_main_then_share
 
 launch = launch_from_env(cpu=True)
 join(launch)
@@ -166,7 +166,7 @@ join(launch)
 def check():
     raise ValueError("disk quota exceeded while planning")
 
-try:
+try:  # as grpo_r1.train does: the group is closed on the way out (without it gloo may abort a process at exit)
     on_main_then_share(launch, check)
 except GrpoR1Error as e:
     print(f"rank {launch.rank}: GrpoR1Error: {e}", flush=True)
@@ -174,6 +174,8 @@ except GrpoR1Error as e:
 except ValueError as e:
     print(f"rank {launch.rank}: ValueError: {e}", flush=True)
     sys.exit(1)
+finally:
+    leave(launch)
 print(f"rank {launch.rank}: went on", flush=True)
 """
 
