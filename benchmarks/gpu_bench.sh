@@ -10,7 +10,8 @@
 #   batched_fused       the batched shape with fused fp32 AdamW instead of paged 8-bit
 #   batched_expandable  the batched shape with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 #   gpu_tests  the tests marked gpu in GPU_TESTS (default tests/unit/test_packing.py: the rest of tests/ needs
-#              packages the GPU machine lacks), e.g. FlexAttention's shared-prompt backward against the padded one
+#              packages the GPU machine lacks), e.g. FlexAttention's shared-prompt backward against the padded one;
+#              each test's outcome is printed; GPU_TEST_ARGS adds pytest arguments (-k "bf16 and qwen2.5-3b")
 #   micro      the static decoder's time per token and its logprob gap (benchmarks/gen_microbench.py)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
@@ -109,8 +110,9 @@ for part in "$@"; do
     batched_zero) bench batched_zero "${BATCHED[@]}" "$SEED_REWARDS" ;;
     batched_fused) bench batched_fused "${BATCHED[@]}" training.optim=adamw_torch_fused ;;
     batched_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_expandable "${BATCHED[@]}" ;;
-    gpu_tests) timeout $limit python -m pytest -q -p no:cacheprovider -p no:logging -m gpu ${GPU_TESTS:-tests/unit/test_packing.py} \
-        2>&1 | tee "$out/gpu_tests.log" | grep -v DEBUG | tail -15 ;;
+    gpu_tests) timeout $limit python -m pytest -v --tb=line -p no:cacheprovider -p no:logging -m gpu \
+        ${GPU_TESTS:-tests/unit/test_packing.py} ${GPU_TEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" \
+        | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E |^/" | tail -40 ;;
     micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
     batched_levers) mkdir -p "$out/batched"

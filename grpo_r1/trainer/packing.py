@@ -19,7 +19,9 @@ are the ones its padded row would compute: the same log-probabilities from a pro
 On a GPU `shared_prompt` runs through FlexAttention (`use_flex_attention`): the packed forward then reads
 the questions end to end in one sequence without padding, with a block mask, so the blocks a completion
 does not see at all (another completion, another question) are skipped, and every other forward keeps SDPA.
-Without it (the CPU, where FlexAttention has no backward), SDPA or eager attention take the dense mask.
+Before it does, `flex_attention_problem` runs FlexAttention at the model's attention shape against SDPA, and a
+compile that fails or a result that differs refuses the run with the fix. Without it (the CPU, where
+FlexAttention has no backward), SDPA or eager attention take the dense mask.
 With the dense mask SDPA computes every masked-out pair, which made it slower than the padded forward on a
 GPU (docs/benchmarks.md has both).
 
@@ -37,7 +39,7 @@ from typing import Any
 
 import torch
 
-from grpo_r1.errors import RecipeError
+from grpo_r1.errors import ModelError, RecipeError
 
 # The attention implementations that take an explicit 4D mask (shared_prompt).
 MASKED_ATTENTION = ("sdpa", "eager")
@@ -193,9 +195,21 @@ def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def use_flex_attention(model: Any) -> None:
-    """Run the shared-prompt forwards of `model` (a transformers model using SDPA, PEFT-wrapped or not) through
-    FlexAttention with a block mask, every other forward through SDPA as before. Needs a GPU for the backward."""
+def use_flex_attention(model: Any, dtype: torch.dtype) -> None:
+    """Run the shared-prompt forwards of `model` (a transformers model using SDPA, PEFT-wrapped or not, computing
+    in `dtype`) through FlexAttention with a block mask, every other forward through SDPA as before. Refused,
+    with the fix, where FlexAttention fails for the model's attention shape (`flex_attention_problem`; the CPU has
+    no backward), before any training step."""
+    if problem := flex_attention_problem(model.config, dtype, model.device):
+        raise ModelError(f"model.padding_free 'shared_prompt' runs through FlexAttention on a GPU, and here it does "
+                         f"not work: {problem}; set model.padding_free=true (each row packed, transformers' own "
+                         "mask) or false")
+    switch_to_flex_attention(model)
+
+
+def switch_to_flex_attention(model: Any) -> None:
+    """Give `model` the attention `packed_attention` (FLEX_PACKED), without checking that FlexAttention works
+    for it (`use_flex_attention` does)."""
     from peft import PeftModel
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -207,6 +221,68 @@ def use_flex_attention(model: Any) -> None:
     if base.config._attn_implementation != FLEX_PACKED:  # transformers only warns for a model that cannot switch
         raise RecipeError(f"model.padding_free 'shared_prompt': {type(base).__name__} cannot switch its attention "
                           "to FlexAttention for the shared prompts' block mask; set model.padding_free=true")
+
+
+def flex_attention_problem(config: Any, dtype: torch.dtype, device: torch.device | str) -> str | None:
+    """What goes wrong when FlexAttention runs the shared prompts' block mask for a model of `config` (a
+    transformers config) computing in `dtype` on `device`, or None when nothing does.
+
+    Against SDPA with the same mask made dense, at two lengths (the first compile is static, the one after a
+    new length dynamic: the ones the training forwards then reuse): a forward without gradients (the old and
+    reference log-probabilities), then one with its backward (the policy's). A compile that fails (inductor
+    finds no kernel for some head sizes), a backward that does not exist (the CPU's) and outputs or gradients
+    that differ from SDPA's beyond `dtype`'s rounding are each reported, with the shape that failed."""
+    from transformers.integrations.flex_attention import flex_attention_forward
+
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = config.head_dim if getattr(config, "head_dim", None) else config.hidden_size // heads
+    shape = f"FlexAttention at {heads} heads, {kv_heads} key/value heads of {head_dim}, " \
+            f"{str(dtype).removeprefix('torch.')}"
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    module = torch.nn.Module()  # what transformers reads from it: .training (the policy forward's: True)
+    generator = torch.Generator(device=device).manual_seed(0)
+    for length in (320, 704):
+        places = torch.arange(length, device=device)
+        document = (places >= length // 2).long()  # two questions
+        segment = (places % (length // 2)) // (length // 8)  # each: its prompt (0), then 3 completions
+        query, key, value = (torch.randn((1, h, length, head_dim), generator=generator, device=device, dtype=dtype,
+                                         requires_grad=True) for h in (heads, kv_heads, kv_heads))
+        # seen[q, k]: what _block_mask's rule gives, dense
+        seen = (document[None, :] == document[:, None]) & (places[None, :] <= places[:, None])
+        seen &= (segment[None, :] == segment[:, None]) | (segment[None, :] == 0)
+        groups = heads // kv_heads
+        dense = torch.nn.functional.scaled_dot_product_attention(
+            query, key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), attn_mask=seen)
+        dense = dense.transpose(1, 2)  # as transformers' attention returns it: (batch, length, heads, head_dim)
+        dense_grads = torch.autograd.grad(dense.float().square().sum(), (query, key, value))
+        stage = "forward"
+        try:
+            with torch.no_grad():
+                flex, _ = flex_attention_forward(module, query.detach(), key.detach(), value.detach(),
+                                                 _block_mask(document, segment), scaling=head_dim ** -0.5)
+            problem = _differs([("output", dense, flex)], tolerance)
+            if problem is None:
+                stage = "backward"
+                flex, _ = flex_attention_forward(module, query, key, value, _block_mask(document, segment),
+                                                 scaling=head_dim ** -0.5)
+                flex_grads = torch.autograd.grad(flex.float().square().sum(), (query, key, value))
+                problem = _differs(zip(("query", "key", "value"), dense_grads, flex_grads), tolerance)
+        except Exception as e:  # noqa: BLE001 - any failure of the compiled kernel is the answer
+            lines = str(e).strip().splitlines()
+            return f"{shape}, {length} tokens: its {stage} raised {type(e).__name__}{': ' + lines[0] if lines else ''}"
+        if problem:
+            return f"{shape}, {length} tokens: {problem}"
+    return None
+
+
+def _differs(compared: Any, tolerance: float) -> str | None:
+    """The first of `compared` ((name, SDPA's, FlexAttention's) tensors) whose relative error exceeds `tolerance`."""
+    for name, want, got in compared:
+        error = float((got.detach().float() - want.detach().float()).norm() / want.detach().float().norm())
+        if not error <= tolerance:
+            what = name if name == "output" else f"{name} gradient"
+            return f"its {what} differs from SDPA's by {error:.2g} (relative)"
+    return None
 
 
 def check_attention(attention: str) -> None:

@@ -281,7 +281,9 @@ def pack_scoring_forwards(trainer: Any, share_prompts: bool = False) -> None:
     if share_prompts:
         check_attention(attention)
     if share_prompts and attention == "sdpa" and trainer.model.device.type == "cuda":
-        use_flex_attention(trainer.model)
+        dtype = (torch.bfloat16 if trainer.args.bf16 else torch.float16 if trainer.args.fp16
+                 else trainer.model.get_input_embeddings().weight.dtype)
+        use_flex_attention(trainer.model, dtype)
         attention = FLEX_PACKED
     padded = trainer._full_logits_logps
 

@@ -9,17 +9,23 @@ from peft import LoraConfig, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl.trainer.utils import selective_log_softmax_and_entropy
 
-from grpo_r1.errors import RecipeError
+from grpo_r1.errors import ModelError, RecipeError
 from grpo_r1.recipe import load_recipe
-from grpo_r1.trainer.packing import FLEX_PACKED, packed_logps, use_flex_attention
+from grpo_r1.trainer.packing import (
+    FLEX_PACKED,
+    flex_attention_problem,
+    packed_logps,
+    switch_to_flex_attention,
+    use_flex_attention,
+)
 from tests.helpers import CPU_RECIPE
 
 VOCAB = 96
 
 
-def _model(attention="sdpa"):
+def _model(attention="sdpa", head_dim=16):
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=4 * head_dim, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
                          attn_implementation=attention)
     model = get_peft_model(Qwen2ForCausalLM(config), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
@@ -156,10 +162,25 @@ def test_padding_free_with_what_replaces_the_forward_is_refused(overrides, messa
         load_recipe(CPU_RECIPE, overrides)
 
 
-def _flex_model(device="cpu"):
-    model = _model().to(device)
-    use_flex_attention(model)
+def _flex_model(device="cpu", head_dim=16):
+    """On the CPU FlexAttention has no backward, so use_flex_attention refuses it (the test below): the
+    forward-only test switches without the check."""
+    model = _model(head_dim=head_dim).to(device)
+    if device == "cpu":
+        switch_to_flex_attention(model)
+    else:
+        use_flex_attention(model, torch.float32)
     return model
+
+
+def test_flex_attention_where_it_has_no_backward_is_refused_with_the_fix_and_changes_nothing():
+    """use_flex_attention first runs FlexAttention against SDPA, forward and backward: on the CPU the forward
+    matches (a wrong block mask fails there) and the backward does not exist."""
+    model = _model()
+    with pytest.raises(ModelError, match=r"FlexAttention at 4 heads, 2 key/value heads of 16, float32, 320 tokens: "
+                                         r"its backward raised NotImplementedError: .*; set model.padding_free=true"):
+        use_flex_attention(model, torch.float32)
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_flex_attention_packs_one_sequence_and_gives_the_padded_logprobs():
@@ -186,8 +207,22 @@ def test_flex_attention_packs_one_sequence_and_gives_the_padded_logprobs():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs a GPU")
-def test_flex_attention_gives_the_padded_lora_gradients_on_a_gpu():
-    model = _flex_model("cuda")
+@pytest.mark.parametrize("config", [
+    {"num_attention_heads": 16, "num_key_value_heads": 2, "hidden_size": 2048},  # Qwen2.5-3B: head_dim 128
+    {"num_attention_heads": 28, "num_key_value_heads": 4, "hidden_size": 3584},  # Qwen2.5-7B: 28 heads, repeated
+    {"num_attention_heads": 14, "num_key_value_heads": 2, "hidden_size": 896},  # Qwen2.5-0.5B: head_dim 64
+    {"num_attention_heads": 9, "num_key_value_heads": 3, "hidden_size": 576},  # SmolLM2-135M: head_dim 64
+], ids=["qwen2.5-3b", "qwen2.5-7b", "qwen2.5-0.5b", "smollm2-135m"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_flex_attention_matches_sdpa_at_the_attention_shapes_of_real_models_on_a_gpu(config, dtype):
+    assert flex_attention_problem(Qwen2Config(**config), dtype, "cuda") is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs a GPU")
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_flex_attention_gives_the_padded_lora_gradients_on_a_gpu(head_dim):
+    model = _flex_model("cuda", head_dim)
     prompts, completions, groups = SHARED[0]
     ids, mask, keep = (t.cuda() if torch.is_tensor(t) else t for t in _batch(prompts, completions, groups=groups))
     completion = mask[:, -keep:].bool()
