@@ -227,11 +227,13 @@ def flex_attention_problem(config: Any, dtype: torch.dtype, device: torch.device
     """What goes wrong when FlexAttention runs the shared prompts' block mask for a model of `config` (a
     transformers config) computing in `dtype` on `device`, or None when nothing does.
 
-    Against SDPA with the same mask made dense, at two lengths (the first compile is static, the one after a
-    new length dynamic: the ones the training forwards then reuse): a forward without gradients (the old and
-    reference log-probabilities), then one with its backward (the policy's). A compile that fails (inductor
+    Against SDPA with the same mask made dense (this checks the kernel; the tests check the mask's rule), at two
+    lengths (the first compile is static, the one after a new length dynamic: the ones the training forwards then
+    reuse): a forward without gradients (the old and reference log-probabilities), then one with its backward
+    (the policy's). A compile that fails (inductor
     finds no kernel for some head sizes), a backward that does not exist (the CPU's) and outputs or gradients
     that differ from SDPA's beyond `dtype`'s rounding are each reported, with the shape that failed."""
+    from torch.nn.attention.flex_attention import create_mask
     from transformers.integrations.flex_attention import flex_attention_forward
 
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -247,9 +249,8 @@ def flex_attention_problem(config: Any, dtype: torch.dtype, device: torch.device
         segment = (places % (length // 2)) // (length // 8)  # each: its prompt (0), then 3 completions
         query, key, value = (torch.randn((1, h, length, head_dim), generator=generator, device=device, dtype=dtype,
                                          requires_grad=True) for h in (heads, kv_heads, kv_heads))
-        # seen[q, k]: what _block_mask's rule gives, dense
-        seen = (document[None, :] == document[:, None]) & (places[None, :] <= places[:, None])
-        seen &= (segment[None, :] == segment[:, None]) | (segment[None, :] == 0)
+        block_mask = _block_mask(document, segment)
+        seen = create_mask(block_mask.mask_mod, None, None, length, length, device=device)  # the same rule, dense
         groups = heads // kv_heads
         dense = torch.nn.functional.scaled_dot_product_attention(
             query, key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), attn_mask=seen)
@@ -258,13 +259,12 @@ def flex_attention_problem(config: Any, dtype: torch.dtype, device: torch.device
         stage = "forward"
         try:
             with torch.no_grad():
-                flex, _ = flex_attention_forward(module, query.detach(), key.detach(), value.detach(),
-                                                 _block_mask(document, segment), scaling=head_dim ** -0.5)
+                flex, _ = flex_attention_forward(module, query.detach(), key.detach(), value.detach(), block_mask,
+                                                 scaling=head_dim ** -0.5)
             problem = _differs([("output", dense, flex)], tolerance)
             if problem is None:
                 stage = "backward"
-                flex, _ = flex_attention_forward(module, query, key, value, _block_mask(document, segment),
-                                                 scaling=head_dim ** -0.5)
+                flex, _ = flex_attention_forward(module, query, key, value, block_mask, scaling=head_dim ** -0.5)
                 flex_grads = torch.autograd.grad(flex.float().square().sum(), (query, key, value))
                 problem = _differs(zip(("query", "key", "value"), dense_grads, flex_grads), tolerance)
         except Exception as e:  # noqa: BLE001 - any failure of the compiled kernel is the answer

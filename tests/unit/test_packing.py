@@ -175,7 +175,7 @@ def _flex_model(device="cpu", head_dim=16):
 
 def test_flex_attention_where_it_has_no_backward_is_refused_with_the_fix_and_changes_nothing():
     """use_flex_attention first runs FlexAttention against SDPA, forward and backward: on the CPU the forward
-    matches (a wrong block mask fails there) and the backward does not exist."""
+    matches and the backward does not exist."""
     model = _model()
     with pytest.raises(ModelError, match=r"FlexAttention at 4 heads, 2 key/value heads of 16, float32, 320 tokens: "
                                          r"its backward raised NotImplementedError: .*; set model.padding_free=true"):
