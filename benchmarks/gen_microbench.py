@@ -1,12 +1,21 @@
 """Decode speed of the hf-compiled engine's static decoder on the GPU (docs/benchmarks.md).
 
     python benchmarks/gen_microbench.py RECIPE.yaml [overrides] [--batches 6,48] [--tokens 200]
+        [--variants own-storage,live,merged]
 
-For the recipe's model with its LoRA adapter, at each batch size: one whole sampling round of
-`--tokens` tokens after a prompt of the recipe's data (time per token, first round excluded:
-it compiles and captures), with torch.compile + CUDA graph and with the CUDA graph alone; then
-how far the sampled tokens' log-probabilities are from the training forward's (bf16 kernels
-differ; TRL reports the same gap as sampling/sampling_logp_difference).
+For the recipe's model with its LoRA adapter (B made non-zero, so the adapter counts), at each
+batch size and for each variant: one whole sampling round of `--tokens` tokens after a prompt
+of the recipe's data (time per token, best of 3 rounds; the first round, which compiles and
+captures, is excluded), the GPU memory the decoder added at its peak, and how far the sampled
+tokens' log-probabilities are from the training forward's under bf16 autocast, as the trainer
+runs it (TRL reports the same gap as sampling/sampling_logp_difference). Variants:
+
+  own-storage  the adapter read live, each projection's base weight where the model keeps it
+               (18 products per layer)
+  live         the same after share_frozen_storage: q|k|v and gate|up bases in one tensor each
+               (12 products per layer); this moves the model's weights for good, so it must
+               come after own-storage
+  merged       a merged, fused copy of the weights (4 products per layer, one more copy)
 """
 
 import argparse
@@ -19,6 +28,10 @@ from grpo_r1.model import load_model
 from grpo_r1.prompts import tokenize_prompts
 from grpo_r1.recipe import load_recipe
 
+VARIANTS = {"own-storage": {"merged": False, "share_storage": False},
+            "live": {"merged": False, "share_storage": True},
+            "merged": {"merged": True}}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -27,21 +40,35 @@ def main() -> None:
     parser.add_argument("--batches", default="6,48")
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--variants", default="own-storage,live,merged")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or ("own-storage" in variants and "live" in variants
+                   and variants.index("own-storage") > variants.index("live")):
+        parser.error(f"--variants: a comma-separated list of {', '.join(VARIANTS)}, own-storage before live")
     recipe = load_recipe(args.recipe, args.overrides)
     loaded = load_model(recipe)
     model, tok = loaded.model.to("cuda"), loaded.tokenizer
+    with torch.no_grad():  # a trained adapter: B at zero would make the LoRA products no-ops on the values
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=1e-3)
     prompt = tokenize_prompts(tok, [[{"role": "user", "content": "What is 12 times 7? " * 8}]])[0]
-    for batch in [int(b) for b in args.batches.split(",")]:
-        ids = torch.full((batch, args.width), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((batch, args.width), dtype=torch.long)
-        ids[:, -len(prompt):] = torch.tensor(prompt)
-        mask[:, -len(prompt):] = 1
-        for compiled in (True, False):
+    pad = tok.pad_token_id or 0
+    for variant in variants:
+        for batch in [int(b) for b in args.batches.split(",")]:
+            ids = torch.full((batch, args.width), pad, dtype=torch.long)
+            mask = torch.zeros((batch, args.width), dtype=torch.long)
+            ids[:, -len(prompt):] = torch.tensor(prompt)
+            mask[:, -len(prompt):] = 1
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
             started = time.perf_counter()
             decoder = StaticDecoder(model, batch=batch, width=args.width, max_new=args.tokens, temperature=1.0,
-                                    top_p=1.0, stop_token_ids=[], pad_token_id=tok.pad_token_id or 0,
-                                    compile=compiled, graph=True)
+                                    top_p=1.0, stop_token_ids=[], pad_token_id=pad, compile=True, graph=True,
+                                    **VARIANTS[variant])
             decoder.sample(ids, mask, args.tokens)
             torch.cuda.synchronize()
             first = time.perf_counter() - started
@@ -52,15 +79,16 @@ def main() -> None:
                 torch.cuda.synchronize()
                 rounds.append(time.perf_counter() - started)
             best = min(rounds)
-            print(f"batch {batch:3d} {'compile+graph' if compiled else 'graph only   '}: round {best:.3f} s "
-                  f"({best / args.tokens * 1000:.2f} ms/token), first round {first:.1f} s", flush=True)
-            if compiled:
-                with torch.no_grad():
-                    full = torch.cat([torch.tensor([prompt] * 2, device="cuda"), tokens[:2]], dim=1)
-                    logits = model(full).logits[:, len(prompt) - 1:-1].float()
-                    forward = torch.log_softmax(logits, -1).gather(-1, tokens[:2, :, None]).squeeze(-1)
-                diff = (forward - logprobs[:2]).abs()
-                print(f"    logprob gap to the training forward: mean {diff.mean():.4f}, max {diff.max():.4f}")
+            peak = (torch.cuda.max_memory_allocated() - before) / 2**30
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                full = torch.cat([torch.tensor([prompt] * 2, device="cuda"), tokens[:2]], dim=1)
+                logits = model(full).logits[:, len(prompt) - 1:-1].float()
+                forward = torch.log_softmax(logits, -1).gather(-1, tokens[:2, :, None]).squeeze(-1)
+            gap = (forward - logprobs[:2]).abs()
+            print(f"{variant:11s} batch {batch:3d}: round {best:.3f} s ({best / args.tokens * 1000:.2f} ms/token), "
+                  f"first round {first:.1f} s, decoder peak +{peak:.2f} GiB, logprob gap to the training forward "
+                  f"mean {gap.mean():.4f} max {gap.max():.4f}", flush=True)
+            decoder.close()
             del decoder
             torch.cuda.empty_cache()
 

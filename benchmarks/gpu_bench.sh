@@ -12,7 +12,8 @@
 #   gpu_tests  the tests marked gpu in GPU_TESTS (default tests/unit/test_packing.py: the rest of tests/ needs
 #              packages the GPU machine lacks), e.g. FlexAttention's shared-prompt backward against the padded one;
 #              each test's outcome is printed; GPU_TEST_ARGS adds pytest arguments (-k "bf16 and qwen2.5-3b")
-#   micro      the static decoder's time per token and its logprob gap (benchmarks/gen_microbench.py)
+#   micro      the static decoder's time per token, memory and logprob gap (benchmarks/gen_microbench.py;
+#              MICRO_ARGS adds its options, e.g. --batches 6 --variants live,merged)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
 #   preflight  the preflight's out-of-memory message at the worst case of a 4096-token recipe
@@ -33,6 +34,7 @@
 #   q7b_unsloth_backend, seed_unsloth_backend, batched_unsloth_backend  q7b_live, seed and batched with
 #              model.backend=unsloth (Unsloth's patched model and LoRA kernels, its offloaded checkpointing)
 #              and the hf-compiled engine
+#   seed_unsloth_live  seed_unsloth_backend with the decoder reading the LoRA live (no merged copy)
 #   seed_packed, seed_shared, batched_packed, batched_shared  the seed and batched shapes with the scoring
 #              forwards packed (model.padding_free=true) or packed with each question's prompt once (shared_prompt)
 #   q7b_unsloth  Qwen2.5-7B QLoRA at the seed shape (as q7b_live) against Unsloth without vLLM, in one invocation
@@ -84,6 +86,8 @@ for part in "$@"; do
     q7b_unsloth_backend) bench q7b_unsloth_backend model.architecture=qwen2.5-7b model.load_in_4bit=true \
         generation.merged_weights=false model.backend=unsloth model.gradient_checkpointing=unsloth ;;
     seed_unsloth_backend) bench seed_unsloth_backend model.backend=unsloth model.gradient_checkpointing=unsloth ;;
+    seed_unsloth_live) bench seed_unsloth_live model.backend=unsloth model.gradient_checkpointing=unsloth \
+        generation.merged_weights=false ;;
     batched_unsloth_backend) bench batched_unsloth_backend "${BATCHED[@]}" model.backend=unsloth \
         model.gradient_checkpointing=unsloth ;;
     q7b_bf16) bench q7b_bf16 model.architecture=qwen2.5-7b generation.merged_weights=false ;;
@@ -113,7 +117,7 @@ for part in "$@"; do
     gpu_tests) timeout $limit python -m pytest -v --tb=line -p no:cacheprovider -p no:logging -m gpu \
         ${GPU_TESTS:-tests/unit/test_packing.py} ${GPU_TEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" \
         | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E |^/" | tail -40 ;;
-    micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" 2>&1 | tee "$out/micro.log" | show 12 ;;
+    micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" ${MICRO_ARGS:-} 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
     batched_levers) mkdir -p "$out/batched"
             LEVER_SHAPE="${BATCHED[*]}" LEVER_LOGS=/tmp/lever_logs/batched timeout $limit bash benchmarks/memory_levers.sh \

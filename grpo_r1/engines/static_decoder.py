@@ -6,9 +6,14 @@ bookkeeping, a host sync every token) stays in Python: on an H100 with the Qwen2
 architecture that loop cost about 13 ms per token on top of an 8.6 ms step
 (docs/benchmarks.md). This module replaces the whole loop:
 
-  * the decoder reads the trainer's own weights in place (base weights and the LoRA A/B
-    matrices of the active adapter, unmerged), so there is no second copy and nothing to
-    sync: an optimizer step changes the tensors the graph reads;
+  * the decoder reads the trainer's own base weights in place and the active adapter live,
+    unmerged, so there is no second copy of the model: the projections that read one input
+    (q/k/v, o, gate/up, down) are computed together, their A matrices stacked and their B
+    matrices (times the scale) in one block-diagonal matrix, small copies refreshed every round
+    (about 0.36 GB for Qwen2.5-3B with r64 on all seven projections). With the frozen q|k|v and
+    gate|up base weights moved into one tensor each (`share_frozen_storage`: the parameters
+    become row slices of it, same values), a group is three products (base, A, B added by
+    addmm): 12 per layer instead of PEFT's 21;
   * one token step (the model, temperature sampling, the sampled token's log-probability,
     the stop check, the position counter) is captured once as a CUDA graph and replayed, so
     decoding a token is one graph launch; the host looks at the "all finished" flag every
@@ -17,7 +22,7 @@ architecture that loop cost about 13 ms per token on top of an 8.6 ms step
   * optionally (`merged=True`) it samples from a merged copy of the linear weights instead:
     base + scale * B @ A, refreshed before every round, with q/k/v and gate/up fused into one
     matrix each. At small batches a decode step is bound by the number of kernels, not by
-    bandwidth, and this turns 21 matrix products per layer (7 base, 14 LoRA) into 4; it costs
+    bandwidth, and this turns the 12 matrix products per layer into 4; it costs
     one more copy of the linear weights in GPU memory (5.5 GB for Qwen2.5-3B in bf16, about
     what a colocated vLLM would hold).
 
@@ -98,10 +103,18 @@ class Projection:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_state is not None:
             return self._call_4bit(x)
-        out = _linear(x, self.weight, self.bias)
+        out = self.base_product(x)
         if self.lora_a is not None:
             out = (out + self._low_rank(x)).to(out.dtype)  # as PEFT adds it: in the wider dtype, then rounded
         return out
+
+    def base_product(self, x: torch.Tensor) -> torch.Tensor:
+        """The base layer alone (+ bias): a 4-bit weight through bitsandbytes' 4-bit matmul in the compute dtype."""
+        if self.quant_state is None:
+            return _linear(x, self.weight, self.bias)
+        import bitsandbytes
+
+        return bitsandbytes.matmul_4bit(x.to(self.dtype), self.weight, bias=self.bias, quant_state=self.quant_state)
 
     def _low_rank(self, x: torch.Tensor) -> torch.Tensor:
         """scale * B(A(x)), in the adapter's dtype."""
@@ -110,9 +123,7 @@ class Projection:
     def _call_4bit(self, x: torch.Tensor) -> torch.Tensor:
         """What PEFT's LoRA layer over bitsandbytes' Linear4bit computes without autocast: the 4-bit product in
         the compute dtype, plus the adapter's term rounded to that dtype first."""
-        import bitsandbytes
-
-        out = bitsandbytes.matmul_4bit(x.to(self.dtype), self.weight, bias=self.bias, quant_state=self.quant_state)
+        out = self.base_product(x)
         if self.lora_a is not None:
             out = out + self._low_rank(x).to(out.dtype)
         return out
@@ -203,6 +214,166 @@ def _merged_layer(layer: Layer, dtype: torch.dtype) -> MergedLayer:
     return MergedLayer(qkv, o, gate_up, down, qkv_sources + o_sources + gate_up_sources + down_sources)
 
 
+INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))  # a Layer's projections by the input they read
+
+
+@dataclass
+class LiveGroup:
+    """Projections that read one input, computed with their adapters live (no merged copy) in few products.
+
+    The parts' A matrices are stacked into one (ranks, in) matrix and their B matrices, times the
+    scale, into one block-diagonal (outputs, ranks) matrix: copies in the compute dtype, refreshed
+    every round (`refresh`), as the optimizer changes the adapter. A group is then base(x) + (x A^T) B^T:
+    when the parts' base weights are adjacent rows of one tensor (`share_frozen_storage` puts them so)
+    the base is one product and B is added by one addmm, three products for the whole group; otherwise
+    each part's base is a product of its own and its B is added by an addmm of its own. A group with an
+    adapter bias (PEFT's lora_bias) is computed part by part, as `Projection` does (`one_by_one`)."""
+
+    parts: tuple[Projection, ...]
+    base: Projection | None  # the parts' bases as one projection (their rows adjacent), else None
+    lora_a: torch.Tensor | None  # the stacked A copies; None without adapters, or one by one
+    lora_b: torch.Tensor | None  # the block-diagonal scaled B copies
+    one_by_one: bool
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each part's output for input `x` (..., in)."""
+        if self.one_by_one:
+            return [part(x) for part in self.parts]
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        # F.linear even on a CPU: for an output of a few ranks it beats _linear's blocked products there
+        low = F.linear(flat, self.lora_a) if self.lora_a is not None else None
+        if self.base is not None:
+            out = self.base.base_product(flat)
+            if low is not None:
+                out = torch.addmm(out, low, self.lora_b.t())
+            return [part.reshape(*lead, -1) for part in out.split([p.shape[0] for p in self.parts], dim=-1)]
+        outs = []
+        for part, (rows, cols) in zip(self.parts, self._blocks()):
+            out = part.base_product(flat)
+            if cols is not None:
+                out = torch.addmm(out, low[:, cols], self.lora_b[rows, cols].t())
+            outs.append(out.reshape(*lead, -1))
+        return outs
+
+    def refresh(self) -> None:
+        """Copy the adapter's current A and scale * B into the stacked copies."""
+        if self.lora_a is None:
+            return
+        for part, (rows, cols) in zip(self.parts, self._blocks()):
+            if cols is not None:
+                self.lora_a[cols].copy_(part.lora_a)
+                self.lora_b[rows, cols].copy_(part.lora_b).mul_(part.scale)
+
+    def _blocks(self) -> list[tuple[slice, slice | None]]:
+        """Each part's rows of the output and columns of the stacked ranks (None without an adapter)."""
+        blocks, row, col = [], 0, 0
+        for part in self.parts:
+            rank = part.lora_a.shape[0] if part.lora_a is not None else 0
+            blocks.append((slice(row, row + part.shape[0]), slice(col, col + rank) if rank else None))
+            row, col = row + part.shape[0], col + rank
+        return blocks
+
+
+def _stacked_shapes(parts: Sequence[Projection]) -> list[tuple[int, int]]:
+    """The shapes of a live group's stacked A and block-diagonal B copies (none for a group computed one by one
+    or without adapters)."""
+    ranks = sum(p.lora_a.shape[0] for p in parts if p.lora_a is not None)
+    if not ranks or any(p.lora_b_bias is not None for p in parts):
+        return []
+    return [(ranks, parts[0].shape[1]), (sum(p.shape[0] for p in parts), ranks)]
+
+
+def _live_group(parts: Sequence[Projection], dtype: torch.dtype) -> LiveGroup:
+    shapes = _stacked_shapes(parts)
+    device = parts[0].weight.device
+    a, b = (torch.zeros(shape, dtype=dtype, device=device) for shape in shapes) if shapes else (None, None)
+    group = LiveGroup(tuple(parts), _fused_base(parts), a, b,
+                      one_by_one=any(p.lora_b_bias is not None for p in parts))
+    group.refresh()
+    return group
+
+
+def _live_groups(w: Weights, dtype: torch.dtype) -> list[list[LiveGroup]]:
+    """Each layer's live groups, in INPUT_GROUPS order."""
+    return [[_live_group([getattr(layer, name) for name in names], dtype) for names in INPUT_GROUPS]
+            for layer in w.layers]
+
+
+def _fused_base(parts: Sequence[Projection]) -> Projection | None:
+    """The parts' base weights (and biases) as one projection when they are adjacent rows of one tensor each
+    (a single part is its own base); None otherwise, or for a 4-bit part."""
+    if len(parts) == 1:
+        return parts[0]
+    if any(p.quant_state is not None for p in parts):
+        return None
+    weight = _adjacent_rows([p.weight for p in parts])
+    biases = [p.bias for p in parts]
+    if weight is None or (any(b is None for b in biases) and any(b is not None for b in biases)):
+        return None
+    bias = None if biases[0] is None else _adjacent_rows(biases)
+    if biases[0] is not None and bias is None:
+        return None
+    return Projection(weight, bias)
+
+
+def _adjacent_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """One tensor over `tensors` stacked along dim 0 when they are contiguous, one after the other, in one
+    storage (a view, no copy); None otherwise."""
+    first = tensors[0]
+    offset = first.storage_offset()
+    for t in tensors:
+        if (t.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() or not t.is_contiguous()
+                or t.dtype != first.dtype or t.shape[1:] != first.shape[1:] or t.storage_offset() != offset):
+            return None
+        offset += t.numel()
+    rows = sum(t.shape[0] for t in tensors)
+    return first.detach().as_strided((rows, *first.shape[1:]), first.stride(), first.storage_offset())
+
+
+def share_frozen_storage(model: Any) -> int:
+    """Move each layer's frozen q|k|v and gate|up base weights (and biases) into one tensor per group, the
+    parameters becoming row slices of it, so the live decoder computes each group's base in one product.
+
+    Values, the training forward and gradients are unchanged (the parameters are the same tensors, holding the
+    same numbers, only where they live moved); nothing is copied for good (each group's old storage is freed
+    as its new one is filled). A group is left alone unless all its base layers are plain frozen nn.Linear of
+    one dtype, device and input size, all with biases or none (`_can_share`). Returns the number of groups
+    moved (0 when they already were)."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    moved = 0
+    with torch.no_grad():
+        for block in causal_lm.model.layers:
+            attn, mlp = block.self_attn, block.mlp
+            for modules in ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)):
+                linears = [getattr(m, "base_layer", m) for m in modules]
+                if not _can_share(linears) or _adjacent_rows([lin.weight for lin in linears]) is not None:
+                    continue
+                for name in ("weight", "bias"):
+                    params = [getattr(lin, name) for lin in linears]
+                    if params[0] is None:
+                        continue
+                    joined, row = torch.cat([p.detach() for p in params]), 0
+                    for param in params:
+                        param.data = joined[row:row + param.shape[0]]
+                        row += param.shape[0]
+                moved += 1
+    if moved and torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the old storages, freed, go back to the device
+    return moved
+
+
+def _can_share(linears: Sequence[Any]) -> bool:
+    first = linears[0]
+    params = [p for lin in linears for p in (lin.weight, lin.bias) if p is not None]
+    return (all(type(lin) is torch.nn.Linear for lin in linears)
+            and not any(p.requires_grad for p in params)
+            and all(p.dtype == first.weight.dtype and p.device == first.weight.device and p.dtype in FLOAT_DTYPES
+                    for p in params)
+            and all(lin.in_features == first.in_features for lin in linears)
+            and len({lin.bias is None for lin in linears}) == 1)
+
+
 @dataclass
 class Weights:
     """The tensors of a Llama-family causal LM, read from the (PEFT-wrapped) transformers model."""
@@ -269,7 +440,9 @@ def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool) -
     cache = 2 * len(w.layers) * batch * w.kv_heads * length * w.head_dim * size
     cache += sum(t.numel() for t in _cast_sources(w, dtype)) * size  # copies in the compute dtype (4-bit models)
     if not merged:
-        return cache + sum(p.shape[0] for p in _live_4bit_biased(w)) * size  # 4-bit biases copied
+        stacked = sum(math.prod(shape) for layer in w.layers for names in INPUT_GROUPS
+                      for shape in _stacked_shapes([getattr(layer, name) for name in names]))
+        return cache + (sum(p.shape[0] for p in _live_4bit_biased(w)) + stacked) * size  # 4-bit biases copied
     linear = sum(math.prod(p.shape) for layer in w.layers for p in layer.projections())
     return cache + linear * size
 
@@ -450,14 +623,20 @@ class StaticDecoder:
     graph is captured on the first call and replayed after. `sample` checks that the weights
     still live where the graph reads them (`stale()`): if not, build a new decoder.
     `temperature` 0 decodes greedily (argmax; the recorded logprobs are then at temperature 1,
-    and `top_p` is ignored).
+    and `top_p` is ignored). Read live (not `merged`), the decoder first moves the model's frozen
+    q|k|v and gate|up base weights into one tensor each (`share_frozen_storage`) when `share_storage`
+    is True, or by default on a GPU.
     """
 
     def __init__(self, model: Any, *, batch: int, width: int, max_new: int, temperature: float, top_p: float,
                  stop_token_ids: Sequence[int], pad_token_id: int, compile: bool, graph: bool,
-                 merged: bool = False, check_every: int = 8) -> None:
+                 merged: bool = False, share_storage: bool | None = None, check_every: int = 8) -> None:
         self.model = model
-        read = read_weights(model)
+        read = read_weights(model)  # an unsupported model is refused before anything is changed
+        if share_storage is None:  # on a GPU, where it saves kernel launches (on a CPU its joined products ran
+            share_storage = read.embed.device.type == "cuda"  # 3% slower: docs/benchmarks.md)
+        if not merged and share_storage and share_frozen_storage(model):
+            read = read_weights(model)
         self.batch, self.width, self.max_new = batch, width, max_new
         self.length = width + max_new
         self.temperature, self.top_p = float(temperature), float(top_p)
@@ -476,6 +655,7 @@ class StaticDecoder:
             self.check_every = 1  # reading the flag costs nothing without a device to wait for: stop at once
         w, dev = self.w, self.device
         self.merged = [_merged_layer(layer, self.dtype) for layer in w.layers] if merged else None
+        self.live = None if merged else _live_groups(w, self.dtype)
         cache_shape = (batch, w.kv_heads, self.length, w.head_dim)  # one tensor per layer, written in place
         self.k_cache = [torch.zeros(cache_shape, dtype=self.dtype, device=dev) for _ in w.layers]
         self.v_cache = [torch.zeros(cache_shape, dtype=self.dtype, device=dev) for _ in w.layers]
@@ -544,7 +724,7 @@ class StaticDecoder:
         a replacement is allocated beside it."""
         self._graph = None
         self._forward = None
-        self.merged = None
+        self.merged = self.live = None
         self.k_cache, self.v_cache, self._casts, self._bias_copies = [], [], [], []
 
     @torch.no_grad()
@@ -558,6 +738,9 @@ class StaticDecoder:
         for merged in self.merged or ():
             for weight, bias, source in merged.sources:
                 merge_into(weight, bias, source)
+        for groups in self.live or ():
+            for group in groups:
+                group.refresh()
 
     # -- the model ----------------------------------------------------------------------------------------------
     def _attention_inputs(self, x: torch.Tensor, index: int, cos: torch.Tensor, sin: torch.Tensor):
@@ -568,7 +751,7 @@ class StaticDecoder:
             q, k, v = self.merged[index].qkv(h).split([w.heads * w.head_dim, w.kv_heads * w.head_dim,
                                                        w.kv_heads * w.head_dim], dim=-1)
         else:
-            q, k, v = layer.q(h), layer.k(h), layer.v(h)
+            q, k, v = self.live[index][0](h)
         q = q.reshape(batch, seq, w.heads, w.head_dim).transpose(1, 2)
         k = k.reshape(batch, seq, w.kv_heads, w.head_dim).transpose(1, 2)
         v = v.reshape(batch, seq, w.kv_heads, w.head_dim).transpose(1, 2)
@@ -581,9 +764,10 @@ class StaticDecoder:
             x = x + merged.o(attended)
             gate, up = merged.gate_up(_rms_norm(x, layer.post_norm, self.w.eps)).chunk(2, dim=-1)
             return x + merged.down(F.silu(gate) * up)
-        x = x + layer.o(attended)
-        h = _rms_norm(x, layer.post_norm, self.w.eps)
-        return x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
+        _, o, gate_up, down = self.live[index]
+        x = x + o(attended)[0]
+        gate, up = gate_up(_rms_norm(x, layer.post_norm, self.w.eps))
+        return x + down(F.silu(gate) * up)[0]
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.w.lm_head(_rms_norm(x, self.w.norm, self.w.eps)).float()

@@ -28,7 +28,7 @@ class _Tokenizer:  # the engine only asks a tokenizer for its pad and eos ids
     eos_token_id = 1
 
 
-def _tiny_qwen2(seed: int = 0, lora: bool = True):
+def _tiny_qwen2(seed: int = 0, lora: bool = True, targets="all-linear"):
     """A small Qwen2 (q/k/v biases, grouped-query attention, tied embeddings) with a LoRA whose B is non-zero."""
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -36,7 +36,7 @@ def _tiny_qwen2(seed: int = 0, lora: bool = True):
                          tie_word_embeddings=True, rope_theta=10000.0)
     model = Qwen2ForCausalLM(config).float()
     if lora:
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets))
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.05)
@@ -70,11 +70,20 @@ def _decoder(model, batch, width, max_new, **kw):
     return StaticDecoder(model, batch=batch, width=width, max_new=max_new, **settings)
 
 
-@pytest.mark.parametrize("merged", [False, True], ids=["live-lora", "merged-copy"])
-def test_qwen2_with_lora_matches_the_training_forward_token_for_token(merged):
-    model = _tiny_qwen2()
+LIVE_AND_MERGED = [
+    pytest.param({"merged": False, "share_storage": True}, "all-linear", id="live-lora"),  # as on a GPU
+    pytest.param({"merged": False, "share_storage": False}, "all-linear", id="live-lora-own-storage"),
+    pytest.param({"merged": False, "share_storage": True}, ["q_proj", "v_proj", "up_proj"],
+                 id="live-lora-on-some-projections"),
+    pytest.param({"merged": True}, "all-linear", id="merged-copy"),
+]
+
+
+@pytest.mark.parametrize("kind, targets", LIVE_AND_MERGED)
+def test_qwen2_with_lora_matches_the_training_forward_token_for_token(kind, targets):
+    model = _tiny_qwen2(targets=targets)
     prompts = _prompts([5, 11, 16])
-    decoder = _decoder(model, 3, 16, 10, temperature=0.8, stop_token_ids=[], merged=merged)
+    decoder = _decoder(model, 3, 16, 10, temperature=0.8, stop_token_ids=[], **kind)
     torch.manual_seed(0)
     tokens, logprobs = decoder.sample(*_left_pad(prompts, 16), 10)
     assert tokens.shape == logprobs.shape == (3, 10)
@@ -83,11 +92,11 @@ def test_qwen2_with_lora_matches_the_training_forward_token_for_token(merged):
         assert torch.allclose(row_logprobs, expected, atol=1e-5), (row_logprobs, expected)
 
 
-@pytest.mark.parametrize("merged", [False, True], ids=["live-lora", "merged-copy"])
-def test_an_optimizer_step_on_the_adapter_shows_in_the_next_round(merged):
-    model = _tiny_qwen2()
+@pytest.mark.parametrize("kind, targets", LIVE_AND_MERGED)
+def test_an_optimizer_step_on_the_adapter_shows_in_the_next_round(kind, targets):
+    model = _tiny_qwen2(targets=targets)
     prompts = _prompts([6, 9])
-    decoder = _decoder(model, 2, 16, 4, stop_token_ids=[], merged=merged)
+    decoder = _decoder(model, 2, 16, 4, stop_token_ids=[], **kind)
     ids, mask = _left_pad(prompts, 16)
     decoder.sample(ids, mask, 4)
     with torch.no_grad():  # what an optimizer does: update the LoRA tensors in place
@@ -182,7 +191,13 @@ def test_models_it_does_not_know_fall_back_to_generate_or_are_refused_when_asked
         strict.generate([_prompts([4])[0]], [1])
 
 
-def test_memory_estimate_counts_the_cache_and_the_merged_copy():
+def _stacked_bytes(decoder):
+    """The bytes of a live decoder's stacked adapter copies."""
+    return sum(t.numel() * t.element_size() for groups in decoder.live for group in groups
+               for t in (group.lora_a, group.lora_b) if t is not None)
+
+
+def test_memory_estimate_counts_the_cache_the_stacked_adapter_and_the_merged_copy():
     from grpo_r1.engines.static_decoder import decoder_memory_bytes
 
     model = _tiny_qwen2()
@@ -190,8 +205,12 @@ def test_memory_estimate_counts_the_cache_and_the_merged_copy():
     cache = sum(t.numel() * t.element_size() for t in (*decoder.k_cache, *decoder.v_cache))
     merged = sum(t.numel() * t.element_size() for layer in decoder.merged
                  for t in (layer.qkv.weight, layer.o.weight, layer.gate_up.weight, layer.down.weight))
-    assert decoder_memory_bytes(model, batch=3, length=24, merged=False) == cache
     assert decoder_memory_bytes(model, batch=3, length=24, merged=True) == cache + merged
+    live = _decoder(model, 3, 16, 8, merged=False)
+    stacked = _stacked_bytes(live)
+    # per layer (fp32): A copies 3*8x64 + 8x64 + 2*8x64 + 8x128, B block-diagonals 128x24 + 64x8 + 256x16 + 64x8
+    assert stacked == 2 * 4 * (6 * 8 * 64 + 8 * 128 + 128 * 24 + 64 * 8 + 256 * 16 + 64 * 8)
+    assert decoder_memory_bytes(model, batch=3, length=24, merged=False) == cache + stacked
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64))
     assert decoder_memory_bytes(gpt2, batch=3, length=24, merged=True) == 0
 
@@ -361,4 +380,74 @@ def test_a_4bit_base_with_float32_norms_decodes_in_its_compute_dtype(tmp_path, l
     live = _decoder(model, 3, 16, 10, stop_token_ids=[], merged=False)
     copies = [c for c, _ in (*live._casts, *live._bias_copies)]
     held = sum(t.numel() * t.element_size() for t in (*live.k_cache, *live.v_cache, *copies))
+    held += _stacked_bytes(live)
     assert decoder_memory_bytes(model, batch=3, length=26, merged=False) == held  # no copy of the weights
+
+
+def _products_per_step(decoder, ids, mask):
+    """The matrix products (mm, addmm) one decode step runs: a 2-token round less a 1-token round."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        products = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                Count.products += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for tokens in (1, 2):
+        Count.products = 0
+        with Count():
+            decoder.sample(ids, mask, tokens)
+        counts.append(Count.products)
+    return counts[1] - counts[0]
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared-storage", "own-storage"])
+def test_the_live_decoder_computes_each_group_of_projections_in_three_products(share):
+    model = _tiny_qwen2()
+    ids, mask = _left_pad(_prompts([5, 9]), 16)
+    if not share:
+        assert _decoder(model, 2, 16, 4).live[0][0].base is None  # on a CPU the storage is left as it is
+    decoder = _decoder(model, 2, 16, 4, stop_token_ids=[], share_storage=share)
+    layers = len(decoder.w.layers)
+    # shared: 4 groups x (base, A, B) per layer, and the lm_head; own storage: each of q, k, v, gate, up its
+    # own base product and B addmm (18 per layer)
+    assert _products_per_step(decoder, ids, mask) == (4 * 3 if share else 18) * layers + 1
+
+
+def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the_model_still_exports(tmp_path):
+    from grpo_r1.engines.static_decoder import share_frozen_storage
+
+    model = _tiny_qwen2().train()
+    ids = torch.randint(2, VOCAB, (2, 12))
+
+    def forward_and_grads():
+        model.zero_grad()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    logits, grads = forward_and_grads()
+    attn = model.base_model.model.model.layers[0].self_attn
+    assert attn.q_proj.base_layer.weight.untyped_storage().data_ptr() != \
+        attn.k_proj.base_layer.weight.untyped_storage().data_ptr()
+    assert share_frozen_storage(model) == 2 * 2  # q|k|v and gate|up in each of 2 layers
+    assert share_frozen_storage(model) == 0  # already shared
+    shared = [attn.q_proj.base_layer.weight, attn.k_proj.base_layer.weight, attn.v_proj.base_layer.weight,
+              attn.q_proj.base_layer.bias, attn.k_proj.base_layer.bias]
+    assert len({t.untyped_storage().data_ptr() for t in shared[:3]}) == 1
+    assert len({t.untyped_storage().data_ptr() for t in shared[3:]}) == 1
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert all(isinstance(p, torch.nn.Parameter) for p in shared)
+    logits_after, grads_after = forward_and_grads()
+    assert torch.equal(logits, logits_after)
+    assert grads.keys() == grads_after.keys() and all(torch.equal(grads[n], grads_after[n]) for n in grads)
+    merged = model.merge_and_unload()  # what an export does
+    merged.save_pretrained(tmp_path)
+    reloaded = Qwen2ForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, merged(ids).logits, atol=1e-5)
