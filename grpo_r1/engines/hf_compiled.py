@@ -3,8 +3,8 @@
 TRL's own generation (`generation.engine: hf`) calls `model.generate` with a dynamic KV cache
 and compilation turned off, one kernel launch per operation per token: on a GPU, decoding a 3B
 model is then bound by Python and launch overhead, not by memory bandwidth. This engine
-samples from the very model the trainer trains (no second copy of the weights, nothing to
-sync) and differs in these ways:
+samples from the very model the trainer trains (no second copy of the weights: read live, only
+small copies of the adapter, refreshed every round) and differs in these ways:
 
   * for Llama-family models (Llama, Qwen2) it runs its own sampling loop
     (`grpo_r1.engines.static_decoder`): a static KV cache and one CUDA graph per token

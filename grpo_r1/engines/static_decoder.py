@@ -10,10 +10,12 @@ architecture that loop cost about 13 ms per token on top of an 8.6 ms step
     unmerged, so there is no second copy of the model: the projections that read one input
     (q/k/v, o, gate/up, down) are computed together, their A matrices stacked and their B
     matrices (times the scale) in one block-diagonal matrix, small copies refreshed every round
-    (about 0.36 GB for Qwen2.5-3B with r64 on all seven projections). With the frozen q|k|v and
-    gate|up base weights moved into one tensor each (`share_frozen_storage`: the parameters
-    become row slices of it, same values), a group is three products (base, A, B added by
-    addmm): 12 per layer instead of PEFT's 21;
+    (about 0.36 GB for Qwen2.5-3B with r64 on all seven projections). With each group's frozen
+    base weights moved into one tensor with the stacked A as its last rows
+    (`share_frozen_storage`: the parameters become row slices of it, same values), a group is
+    two products (base and x A^T in one, then B added by addmm): 8 per layer instead of PEFT's
+    21, which made a token's matrix products 1.8x faster on an H200 at batch 6
+    (benchmarks/group_products.py: 2.80 against 4.90 ms for the Qwen2.5-3B shapes);
   * one token step (the model, temperature sampling, the sampled token's log-probability,
     the stop check, the position counter) is captured once as a CUDA graph and replayed, so
     decoding a token is one graph launch; the host looks at the "all finished" flag every
@@ -22,7 +24,7 @@ architecture that loop cost about 13 ms per token on top of an 8.6 ms step
   * optionally (`merged=True`) it samples from a merged copy of the linear weights instead:
     base + scale * B @ A, refreshed before every round, with q/k/v and gate/up fused into one
     matrix each. At small batches a decode step is bound by the number of kernels, not by
-    bandwidth, and this turns the 12 matrix products per layer into 4; it costs
+    bandwidth, and this turns the 8 matrix products per layer into 4; it costs
     one more copy of the linear weights in GPU memory (5.5 GB for Qwen2.5-3B in bf16, about
     what a colocated vLLM would hold).
 
@@ -51,6 +53,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from packaging.version import Version
+from torch.utils.weak import WeakIdKeyDictionary
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -216,6 +219,11 @@ def _merged_layer(layer: Layer, dtype: torch.dtype) -> MergedLayer:
 
 INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))  # a Layer's projections by the input they read
 
+# A group's first base weight, for the groups `share_frozen_storage` joined with room for the stacked A matrices
+# after their base rows -> (the joined storage's address, the rows of room). Keyed by identity, weakly: nothing
+# is kept alive.
+_ROOM_FOR_A: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
 
 @dataclass
 class LiveGroup:
@@ -223,17 +231,20 @@ class LiveGroup:
 
     The parts' A matrices are stacked into one (ranks, in) matrix and their B matrices, times the
     scale, into one block-diagonal (outputs, ranks) matrix: copies in the compute dtype, refreshed
-    every round (`refresh`), as the optimizer changes the adapter. A group is then base(x) + (x A^T) B^T:
-    when the parts' base weights are adjacent rows of one tensor (`share_frozen_storage` puts them so)
-    the base is one product and B is added by one addmm, three products for the whole group; otherwise
-    each part's base is a product of its own and its B is added by an addmm of its own. A group with an
-    adapter bias (PEFT's lora_bias) is computed part by part, as `Projection` does (`one_by_one`)."""
+    every round (`refresh`), as the optimizer changes the adapter. A group is then base(x) + (x A^T) B^T.
+    When the parts' base weights are adjacent rows of one tensor with the stacked A as its last rows
+    (`share_frozen_storage` puts them so; `joined`), one product gives both the base outputs and x A^T,
+    and B is added by one addmm: two products for the whole group. When the base weights are adjacent
+    but the A copy lives apart, three (base, A, B). Otherwise each part's base is a product of its own and
+    its B is added by an addmm of its own. A group with an adapter bias (PEFT's lora_bias) is computed part
+    by part, as `Projection` does (`one_by_one`)."""
 
     parts: tuple[Projection, ...]
     base: Projection | None  # the parts' bases as one projection (their rows adjacent), else None
     lora_a: torch.Tensor | None  # the stacked A copies; None without adapters, or one by one
     lora_b: torch.Tensor | None  # the block-diagonal scaled B copies
     one_by_one: bool
+    joined: bool = False  # lora_a is the last rows of base's weight (its bias, if any, is zero there)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each part's output for input `x` (..., in)."""
@@ -241,13 +252,19 @@ class LiveGroup:
             return [part(x) for part in self.parts]
         lead = x.shape[:-1]
         flat = x.reshape(-1, x.shape[-1])
+        sizes = [p.shape[0] for p in self.parts]
+        if self.joined:
+            both = self.base.base_product(flat)
+            outputs = sum(sizes)
+            out = torch.addmm(both[:, :outputs], both[:, outputs:], self.lora_b.t())
+            return [part.reshape(*lead, -1) for part in out.split(sizes, dim=-1)]
         # F.linear even on a CPU: for an output of a few ranks it beats _linear's blocked products there
         low = F.linear(flat, self.lora_a) if self.lora_a is not None else None
         if self.base is not None:
             out = self.base.base_product(flat)
             if low is not None:
                 out = torch.addmm(out, low, self.lora_b.t())
-            return [part.reshape(*lead, -1) for part in out.split([p.shape[0] for p in self.parts], dim=-1)]
+            return [part.reshape(*lead, -1) for part in out.split(sizes, dim=-1)]
         outs = []
         for part, (rows, cols) in zip(self.parts, self._blocks()):
             out = part.base_product(flat)
@@ -275,11 +292,18 @@ class LiveGroup:
         return blocks
 
 
+def _stacked_rank(parts: Sequence[Projection]) -> int:
+    """The rows of a live group's stacked A (0 for a group without adapters or computed one by one)."""
+    if any(p.lora_b_bias is not None for p in parts):
+        return 0
+    return sum(p.lora_a.shape[0] for p in parts if p.lora_a is not None)
+
+
 def _stacked_shapes(parts: Sequence[Projection]) -> list[tuple[int, int]]:
     """The shapes of a live group's stacked A and block-diagonal B copies (none for a group computed one by one
     or without adapters)."""
-    ranks = sum(p.lora_a.shape[0] for p in parts if p.lora_a is not None)
-    if not ranks or any(p.lora_b_bias is not None for p in parts):
+    ranks = _stacked_rank(parts)
+    if not ranks:
         return []
     return [(ranks, parts[0].shape[1]), (sum(p.shape[0] for p in parts), ranks)]
 
@@ -287,9 +311,16 @@ def _stacked_shapes(parts: Sequence[Projection]) -> list[tuple[int, int]]:
 def _live_group(parts: Sequence[Projection], dtype: torch.dtype) -> LiveGroup:
     shapes = _stacked_shapes(parts)
     device = parts[0].weight.device
-    a, b = (torch.zeros(shape, dtype=dtype, device=device) for shape in shapes) if shapes else (None, None)
-    group = LiveGroup(tuple(parts), _fused_base(parts), a, b,
-                      one_by_one=any(p.lora_b_bias is not None for p in parts))
+    one_by_one = any(p.lora_b_bias is not None for p in parts)
+    base = _fused_base(parts)
+    joined = _joined_base(parts, dtype) if shapes else None
+    if joined is not None:
+        a = joined.weight[sum(p.shape[0] for p in parts):]  # written by refresh: the room after the base rows
+        group = LiveGroup(tuple(parts), joined, a, torch.zeros(shapes[1], dtype=dtype, device=device), one_by_one,
+                          joined=True)
+    else:
+        a, b = (torch.zeros(shape, dtype=dtype, device=device) for shape in shapes) if shapes else (None, None)
+        group = LiveGroup(tuple(parts), base, a, b, one_by_one)
     group.refresh()
     return group
 
@@ -317,6 +348,45 @@ def _fused_base(parts: Sequence[Projection]) -> Projection | None:
     return Projection(weight, bias)
 
 
+def _joined_base(parts: Sequence[Projection], dtype: torch.dtype) -> Projection | None:
+    """The parts' base weights with the room `share_frozen_storage` left after them for the stacked A (and zero
+    biases there) as one projection in `dtype`; None when the group was not joined so, for another rank, or a
+    storage moved since."""
+    rank = _stacked_rank(parts)
+    first = parts[0]
+    rows = sum(p.shape[0] for p in parts)
+    if not rank or _room_for_a(parts) != rank or first.weight.dtype != dtype:
+        return None
+    biases = [p.bias for p in parts]
+    if first.bias is not None and (None in biases or _adjacent_rows(biases) is None
+                                   or _room_after(first.bias, rows) < rank):
+        return None
+    weight = first.weight.detach().as_strided((rows + rank, first.shape[1]), first.weight.stride(),
+                                              first.weight.storage_offset())
+    bias = None
+    if first.bias is not None:
+        bias = first.bias.detach().as_strided((rows + rank,), (1,), first.bias.storage_offset())
+    return Projection(weight, bias)
+
+
+def _room_for_a(parts: Sequence[Projection]) -> int | None:
+    """The rows of room after a group's base weights (0 when adjacent without room); None when not adjacent."""
+    weights = [p.weight for p in parts]
+    if any(p.quant_state is not None for p in parts) or _adjacent_rows(weights) is None:
+        return None
+    storage, room = _ROOM_FOR_A.get(weights[0], (None, 0))
+    if storage != weights[0].untyped_storage().data_ptr():
+        return 0
+    return min(room, _room_after(weights[0], sum(w.shape[0] for w in weights)))
+
+
+def _room_after(tensor: torch.Tensor, rows: int) -> int:
+    """How many rows of `tensor`'s shape its storage holds after its first `rows` rows."""
+    row_bytes = math.prod(tensor.shape[1:]) * tensor.element_size()
+    used = tensor.storage_offset() * tensor.element_size() + rows * row_bytes
+    return (tensor.untyped_storage().nbytes() - used) // row_bytes
+
+
 def _adjacent_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
     """One tensor over `tensors` stacked along dim 0 when they are contiguous, one after the other, in one
     storage (a view, no copy); None otherwise."""
@@ -332,46 +402,55 @@ def _adjacent_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
 
 
 def share_frozen_storage(model: Any) -> int:
-    """Move each layer's frozen q|k|v and gate|up base weights (and biases) into one tensor per group, the
-    parameters becoming row slices of it, so the live decoder computes each group's base in one product.
+    """Move each layer's frozen base weights (and biases) into one tensor per input group (q|k|v, o, gate|up,
+    down), the parameters becoming row slices of it, with room after them for the group's stacked LoRA A
+    (zeros, and zero bias), so the live decoder computes the group's base and x A^T in one product.
 
     Values, the training forward and gradients are unchanged (the parameters are the same tensors, holding the
-    same numbers, only where they live moved); nothing is copied for good (each group's old storage is freed
-    as its new one is filled). A group is left alone unless all its base layers are plain frozen nn.Linear of
-    one dtype, device and input size, all with biases or none (`_can_share`). Returns the number of groups
-    moved (0 when they already were)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    same numbers, only where they live moved); each group's old storage is freed as its new one is filled, and
+    the room (the active adapter's rank times the input size per part with an adapter) stays with the model.
+    A group is left alone unless all its base layers are plain frozen linear layers of one dtype, device and
+    input size, all with biases or none (`_can_share`); a single projection without an adapter is left too.
+    Returns the number of groups moved (0 when they already were, with room for the adapter's rank)."""
+    try:
+        w = read_weights(model)
+    except UnsupportedModel:
+        return 0
     moved = 0
     with torch.no_grad():
-        for block in causal_lm.model.layers:
-            attn, mlp = block.self_attn, block.mlp
-            for modules in ((attn.q_proj, attn.k_proj, attn.v_proj), (mlp.gate_proj, mlp.up_proj)):
-                linears = [getattr(m, "base_layer", m) for m in modules]
-                if not _can_share(linears) or _adjacent_rows([lin.weight for lin in linears]) is not None:
+        for layer in w.layers:
+            for names in INPUT_GROUPS:
+                parts = [getattr(layer, name) for name in names]
+                rank = _stacked_rank(parts)
+                if not _can_share(parts) or _room_for_a(parts) == rank or (len(parts) == 1 and not rank):
                     continue
                 for name in ("weight", "bias"):
-                    params = [getattr(lin, name) for lin in linears]
+                    params = [getattr(p, name) for p in parts]
                     if params[0] is None:
                         continue
-                    joined, row = torch.cat([p.detach() for p in params]), 0
+                    room = params[0].new_zeros((rank, *params[0].shape[1:]))
+                    joined, row = torch.cat([*(p.detach() for p in params), room]), 0
                     for param in params:
                         param.data = joined[row:row + param.shape[0]]
                         row += param.shape[0]
+                _ROOM_FOR_A[parts[0].weight] = (parts[0].weight.untyped_storage().data_ptr(), rank)
                 moved += 1
     if moved and torch.cuda.is_available():
         torch.cuda.empty_cache()  # the old storages, freed, go back to the device
     return moved
 
 
-def _can_share(linears: Sequence[Any]) -> bool:
-    first = linears[0]
-    params = [p for lin in linears for p in (lin.weight, lin.bias) if p is not None]
-    return (all(type(lin) is torch.nn.Linear for lin in linears)
-            and not any(p.requires_grad for p in params)
-            and all(p.dtype == first.weight.dtype and p.device == first.weight.device and p.dtype in FLOAT_DTYPES
-                    for p in params)
-            and all(lin.in_features == first.in_features for lin in linears)
-            and len({lin.bias is None for lin in linears}) == 1)
+def _can_share(parts: Sequence[Projection]) -> bool:
+    """Whether a group's base weights can move: plain, frozen, one float dtype, device and input size, and
+    biases on all parts or none."""
+    first = parts[0].weight
+    params = [t for p in parts for t in (p.weight, p.bias) if t is not None]
+    return (all(p.quant_state is None and isinstance(p.weight, torch.nn.Parameter) for p in parts)
+            and not any(t.requires_grad for t in params)
+            and all(t.dtype == first.dtype and t.device == first.device and t.dtype in FLOAT_DTYPES
+                    for t in params)
+            and all(p.shape[1] == parts[0].shape[1] for p in parts)
+            and len({p.bias is None for p in parts}) == 1)
 
 
 @dataclass
@@ -623,9 +702,9 @@ class StaticDecoder:
     graph is captured on the first call and replayed after. `sample` checks that the weights
     still live where the graph reads them (`stale()`): if not, build a new decoder.
     `temperature` 0 decodes greedily (argmax; the recorded logprobs are then at temperature 1,
-    and `top_p` is ignored). Read live (not `merged`), the decoder first moves the model's frozen
-    q|k|v and gate|up base weights into one tensor each (`share_frozen_storage`) when `share_storage`
-    is True, or by default on a GPU.
+    and `top_p` is ignored). Read live (not `merged`), the decoder first moves each group of the
+    model's frozen base weights into one tensor with room for the stacked A (`share_frozen_storage`)
+    when `share_storage` is True, or by default on a GPU.
     """
 
     def __init__(self, model: Any, *, batch: int, width: int, max_new: int, temperature: float, top_p: float,
@@ -633,8 +712,8 @@ class StaticDecoder:
                  merged: bool = False, share_storage: bool | None = None, check_every: int = 8) -> None:
         self.model = model
         read = read_weights(model)  # an unsupported model is refused before anything is changed
-        if share_storage is None:  # on a GPU, where it saves kernel launches (on a CPU its joined products ran
-            share_storage = read.embed.device.type == "cuda"  # 3% slower: docs/benchmarks.md)
+        if share_storage is None:  # on a GPU, where it saves kernel launches (on a CPU it gained nothing
+            share_storage = read.embed.device.type == "cuda"  # measurable: docs/benchmarks.md, session 16)
         if not merged and share_storage and share_frozen_storage(model):
             read = read_weights(model)
         self.batch, self.width, self.max_new = batch, width, max_new

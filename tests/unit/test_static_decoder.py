@@ -406,16 +406,37 @@ def _products_per_step(decoder, ids, mask):
 
 
 @pytest.mark.parametrize("share", [True, False], ids=["shared-storage", "own-storage"])
-def test_the_live_decoder_computes_each_group_of_projections_in_three_products(share):
+def test_the_live_decoder_computes_each_group_of_projections_in_two_products(share):
     model = _tiny_qwen2()
     ids, mask = _left_pad(_prompts([5, 9]), 16)
     if not share:
         assert _decoder(model, 2, 16, 4).live[0][0].base is None  # on a CPU the storage is left as it is
     decoder = _decoder(model, 2, 16, 4, stop_token_ids=[], share_storage=share)
     layers = len(decoder.w.layers)
-    # shared: 4 groups x (base, A, B) per layer, and the lm_head; own storage: each of q, k, v, gate, up its
-    # own base product and B addmm (18 per layer)
-    assert _products_per_step(decoder, ids, mask) == (4 * 3 if share else 18) * layers + 1
+    # shared: 4 groups x (base with A, B) per layer, and the lm_head; own storage: the stacked A of each group,
+    # and each of q, k, v, o, gate, up, down its own base product and B addmm (18 per layer)
+    assert _products_per_step(decoder, ids, mask) == (4 * 2 if share else 18) * layers + 1
+
+
+def test_an_adapter_of_another_rank_gets_room_of_its_own_and_decodes_as_the_forward():
+    model = _tiny_qwen2()
+    prompts = _prompts([7, 12])
+    ids, mask = _left_pad(prompts, 16)
+    first = _decoder(model, 2, 16, 6, stop_token_ids=[], share_storage=True)
+    first.sample(ids, mask, 6)
+    model.add_adapter("other", LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    model.set_adapter("other")
+    for name, param in model.named_parameters():
+        if "lora_B" in name and "other" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    assert first.stale()
+    first.close()
+    second = _decoder(model, 2, 16, 6, stop_token_ids=[], share_storage=True)
+    assert all(group.joined for groups in second.live for group in groups)
+    torch.manual_seed(0)
+    tokens, logprobs = second.sample(ids, mask, 6)
+    for prompt, row_tokens, row_logprobs in zip(prompts, tokens, logprobs):
+        assert torch.allclose(row_logprobs, _forward_logprobs(model, prompt, row_tokens.tolist(), 1.0), atol=1e-5)
 
 
 def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the_model_still_exports(tmp_path):
@@ -435,8 +456,11 @@ def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the
     attn = model.base_model.model.model.layers[0].self_attn
     assert attn.q_proj.base_layer.weight.untyped_storage().data_ptr() != \
         attn.k_proj.base_layer.weight.untyped_storage().data_ptr()
-    assert share_frozen_storage(model) == 2 * 2  # q|k|v and gate|up in each of 2 layers
+    assert share_frozen_storage(model) == 2 * 4  # q|k|v, o, gate|up and down in each of 2 layers
     assert share_frozen_storage(model) == 0  # already shared
+    q_weight = attn.q_proj.base_layer.weight
+    room = q_weight.untyped_storage().nbytes() // q_weight.element_size() - (64 + 32 + 32) * 64
+    assert room == 3 * 8 * 64  # the stacked A of q, k and v (rank 8) after their base rows
     shared = [attn.q_proj.base_layer.weight, attn.k_proj.base_layer.weight, attn.v_proj.base_layer.weight,
               attn.q_proj.base_layer.bias, attn.k_proj.base_layer.bias]
     assert len({t.untyped_storage().data_ptr() for t in shared[:3]}) == 1
