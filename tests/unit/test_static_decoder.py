@@ -458,6 +458,9 @@ def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the
         attn.k_proj.base_layer.weight.untyped_storage().data_ptr()
     assert share_frozen_storage(model) == 2 * 4  # q|k|v, o, gate|up and down in each of 2 layers
     assert share_frozen_storage(model) == 0  # already shared
+    with model.disable_adapter():  # the base model, as the evaluation's serve_base samples it: nothing to move
+        assert share_frozen_storage(model) == 0
+    assert share_frozen_storage(model) == 0
     q_weight = attn.q_proj.base_layer.weight
     room = q_weight.untyped_storage().nbytes() // q_weight.element_size() - (64 + 32 + 32) * 64
     assert room == 3 * 8 * 64  # the stacked A of q, k and v (rank 8) after their base rows
