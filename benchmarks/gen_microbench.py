@@ -12,9 +12,9 @@ runs it (TRL reports the same gap as sampling/sampling_logp_difference). Variant
 
   own-storage  the adapter read live, each projection's base weight where the model keeps it
                (18 products per layer)
-  live         the same after share_frozen_storage: q|k|v and gate|up bases in one tensor each
-               (12 products per layer); this moves the model's weights for good, so it must
-               come after own-storage
+  live         the same after share_frozen_storage: each group's bases in one tensor with room
+               for the stacked A (8 products per layer); this moves the model's weights for good,
+               so it must come after own-storage
   merged       a merged, fused copy of the weights (4 products per layer, one more copy)
 """
 

@@ -315,15 +315,14 @@ def _live_group(parts: Sequence[Projection], dtype: torch.dtype) -> LiveGroup:
     shapes = _stacked_shapes(parts)
     device = parts[0].weight.device
     one_by_one = any(p.lora_b_bias is not None for p in parts)
-    base = _fused_base(parts)
-    joined = _joined_base(parts, dtype) if shapes else None
+    joined = _joined_base(parts, dtype)
     if joined is not None:
         a = joined.weight[sum(p.shape[0] for p in parts):]  # written by refresh: the room after the base rows
         group = LiveGroup(tuple(parts), joined, a, torch.zeros(shapes[1], dtype=dtype, device=device), one_by_one,
                           joined=True)
     else:
         a, b = (torch.zeros(shape, dtype=dtype, device=device) for shape in shapes) if shapes else (None, None)
-        group = LiveGroup(tuple(parts), base, a, b, one_by_one)
+        group = LiveGroup(tuple(parts), _group_base(parts), a, b, one_by_one)
     group.refresh()
     return group
 
@@ -334,54 +333,38 @@ def _live_groups(w: Weights, dtype: torch.dtype) -> list[list[LiveGroup]]:
             for layer in w.layers]
 
 
-def _fused_base(parts: Sequence[Projection]) -> Projection | None:
-    """The parts' base weights (and biases) as one projection when they are adjacent rows of one tensor each
-    (a single part is its own base); None otherwise, or for a 4-bit part."""
-    if len(parts) == 1:
+def _group_base(parts: Sequence[Projection], extra_rows: int = 0) -> Projection | None:
+    """The parts' base weights (and biases) as one projection over their rows and `extra_rows` more rows of
+    their storage, when they are adjacent rows of one tensor each with that much room after them; None
+    otherwise, or for a 4-bit part, or biases on some parts only. A single part with no extra rows is its own
+    base."""
+    if len(parts) == 1 and not extra_rows:
         return parts[0]
-    if any(p.quant_state is not None for p in parts):
+    if any(p.quant_state is not None for p in parts) or len({p.bias is None for p in parts}) != 1:
         return None
-    weight = _adjacent_rows([p.weight for p in parts])
-    biases = [p.bias for p in parts]
-    if weight is None or (any(b is None for b in biases) and any(b is not None for b in biases)):
-        return None
-    bias = None if biases[0] is None else _adjacent_rows(biases)
-    if biases[0] is not None and bias is None:
+    weight = _adjacent_rows([p.weight for p in parts], extra_rows)
+    bias = None if parts[0].bias is None else _adjacent_rows([p.bias for p in parts], extra_rows)
+    if weight is None or (parts[0].bias is not None and bias is None):
         return None
     return Projection(weight, bias)
 
 
 def _joined_base(parts: Sequence[Projection], dtype: torch.dtype) -> Projection | None:
     """The parts' base weights with the room `share_frozen_storage` left after them for the stacked A (and zero
-    biases there) as one projection in `dtype`; None when the group was not joined so, for another rank, or a
-    storage moved since."""
+    biases there) as one projection in `dtype`; None when the group has no stacked A, was not joined with room
+    for it, or its storage moved since."""
     rank = _stacked_rank(parts)
-    first = parts[0]
-    rows = sum(p.shape[0] for p in parts)
-    room = _room_for_a(parts)
-    if not rank or room is None or room < rank or first.weight.dtype != dtype:
+    if not rank or _room_for_a(parts) < rank or parts[0].weight.dtype != dtype:
         return None
-    biases = [p.bias for p in parts]
-    if len({b is None for b in biases}) != 1 or (
-            first.bias is not None and (_adjacent_rows(biases) is None or _room_after(first.bias, rows) < rank)):
-        return None
-    weight = first.weight.detach().as_strided((rows + rank, first.shape[1]), first.weight.stride(),
-                                              first.weight.storage_offset())
-    bias = None
-    if first.bias is not None:
-        bias = first.bias.detach().as_strided((rows + rank,), (1,), first.bias.storage_offset())
-    return Projection(weight, bias)
+    return _group_base(parts, rank)
 
 
-def _room_for_a(parts: Sequence[Projection]) -> int | None:
-    """The rows of room after a group's base weights (0 when adjacent without room); None when not adjacent."""
-    weights = [p.weight for p in parts]
-    if any(p.quant_state is not None for p in parts) or _adjacent_rows(weights) is None:
-        return None
-    storage, room = _ROOM_FOR_A.get(weights[0], (None, 0))
-    if storage != weights[0].untyped_storage().data_ptr():
-        return 0
-    return min(room, _room_after(weights[0], sum(w.shape[0] for w in weights)))
+def _room_for_a(parts: Sequence[Projection]) -> int:
+    """The rows `share_frozen_storage` left after a group's base weights for the stacked A (0 if none, or the
+    storage it made was replaced since)."""
+    first = parts[0].weight
+    storage, room = _ROOM_FOR_A.get(first, (None, 0))
+    return room if storage == first.untyped_storage().data_ptr() else 0
 
 
 def _room_after(tensor: torch.Tensor, rows: int) -> int:
@@ -391,9 +374,10 @@ def _room_after(tensor: torch.Tensor, rows: int) -> int:
     return (tensor.untyped_storage().nbytes() - used) // row_bytes
 
 
-def _adjacent_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """One tensor over `tensors` stacked along dim 0 when they are contiguous, one after the other, in one
-    storage (a view, no copy); None otherwise."""
+def _adjacent_rows(tensors: Sequence[torch.Tensor], extra_rows: int = 0) -> torch.Tensor | None:
+    """One tensor over `tensors` stacked along dim 0, and `extra_rows` more rows of their storage after them,
+    when they are contiguous, one after the other, in one storage that holds those rows (a view, no copy);
+    None otherwise."""
     first = tensors[0]
     offset = first.storage_offset()
     for t in tensors:
@@ -402,7 +386,9 @@ def _adjacent_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
             return None
         offset += t.numel()
     rows = sum(t.shape[0] for t in tensors)
-    return first.detach().as_strided((rows, *first.shape[1:]), first.stride(), first.storage_offset())
+    if _room_after(first, rows) < extra_rows:
+        return None
+    return first.detach().as_strided((rows + extra_rows, *first.shape[1:]), first.stride(), first.storage_offset())
 
 
 def share_frozen_storage(model: Any) -> int:
@@ -425,9 +411,11 @@ def share_frozen_storage(model: Any) -> int:
         for layer in w.layers:
             for names in INPUT_GROUPS:
                 parts = [getattr(layer, name) for name in names]
-                rank, room = _stacked_rank(parts), _room_for_a(parts)
-                # room for a larger rank is kept: switching to the base model (rank 0) and back copies nothing
-                if not _can_share(parts) or (room is not None and room >= rank) or (len(parts) == 1 and not rank):
+                rank = _stacked_rank(parts)
+                # already joined with room for this rank or more (switching to the base model, rank 0, and back
+                # copies nothing), or a single projection without an adapter: nothing to gain
+                joined = _group_base(parts, rank) is not None and _room_for_a(parts) >= rank
+                if joined or not _can_share(parts):
                     continue
                 for name in ("weight", "bias"):
                     params = [getattr(p, name) for p in parts]
