@@ -36,7 +36,10 @@ A 4-bit base (bitsandbytes' Linear4bit, QLoRA) is read either way. Live, each pr
 through `bitsandbytes.matmul_4bit`, which since bitsandbytes 0.50 runs a fused 4-bit kernel for
 the few rows of a decode step (dequantizing and multiplying in one pass) and dequantizes into a
 temporary for longer inputs, as its own heuristic decides per shape: no bf16 copy of the model is
-held, and the step is still one CUDA graph. Merged, each round dequantizes the base into the copy
+held, and the step is still one CUDA graph. On a GPU `share_frozen_storage` also moves each layer's packed
+q|k|v and gate|up weights into one tensor each, so a group is one 4-bit product (block scales of the joined
+shape kept in float32, 0.27 GB for Qwen2.5-7B): 12 products per layer instead of 18, 4 of them 4-bit instead
+of 7. Merged, each round dequantizes the base into the copy
 with the adapter added, so decoding runs at the speed of a bf16 model for the copy's memory.
 Anything else (other architectures, DoRA, several active adapters) raises `UnsupportedModel`; the
 engine then falls back to transformers' generate.
@@ -336,17 +339,61 @@ def _live_groups(w: Weights, dtype: torch.dtype) -> list[list[LiveGroup]]:
 def _group_base(parts: Sequence[Projection], extra_rows: int = 0) -> Projection | None:
     """The parts' base weights (and biases) as one projection over their rows and `extra_rows` more rows of
     their storage, when they are adjacent rows of one tensor each with that much room after them; None
-    otherwise, or for a 4-bit part, or biases on some parts only. A single part with no extra rows is its own
-    base."""
+    otherwise, or biases on some parts only. A single part with no extra rows is its own base. 4-bit parts
+    whose packed weights are adjacent (and quantized alike) make one 4-bit projection (`_joined_4bit`), with no
+    extra rows: the stacked A is not 4-bit."""
     if len(parts) == 1 and not extra_rows:
         return parts[0]
-    if any(p.quant_state is not None for p in parts) or len({p.bias is None for p in parts}) != 1:
+    if len({p.bias is None for p in parts}) != 1:
+        return None
+    quantized = any(p.quant_state is not None for p in parts)
+    if quantized and (extra_rows or not _quantized_alike(parts)):
         return None
     weight = _adjacent_rows([p.weight for p in parts], extra_rows)
     bias = None if parts[0].bias is None else _adjacent_rows([p.bias for p in parts], extra_rows)
     if weight is None or (parts[0].bias is not None and bias is None):
         return None
-    return Projection(weight, bias)
+    return _joined_4bit(parts, weight, bias) if quantized else Projection(weight, bias)
+
+
+def _quantized_alike(parts: Sequence[Projection]) -> bool:
+    """Whether 4-bit parts can be one 4-bit product: packed in bytes (bitsandbytes' default storage), not
+    repacked for its CPU kernel, one quantization (type, block size, code, dtype), compute dtype, device and
+    input size, and each part a whole number of blocks (so their block scales, end to end, are the joined
+    weight's)."""
+    states = [p.quant_state for p in parts]
+    first = states[0]
+    return (all(s is not None and not getattr(s, "packing_format_for_cpu", False) for s in states)
+            and all(p.weight.dtype == torch.uint8 and p.weight.device == parts[0].weight.device for p in parts)
+            and all(s.quant_type == first.quant_type and s.blocksize == first.blocksize and s.dtype == first.dtype
+                    and torch.equal(s.code, first.code) for s in states)
+            and len({p.compute_dtype for p in parts}) == 1
+            and all(p.shape[1] == parts[0].shape[1] and math.prod(p.shape) % first.blocksize == 0 for p in parts))
+
+
+def _block_scales(state: Any) -> torch.Tensor:
+    """A 4-bit weight's per-block scales in float32: double-quantized ones dequantized as bitsandbytes does."""
+    if not state.nested:
+        return state.absmax.float()
+    import bitsandbytes.functional as bnb_functional
+
+    return (bnb_functional.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
+
+
+def _joined_4bit(parts: Sequence[Projection], weight: torch.Tensor, bias: torch.Tensor | None) -> Projection:
+    """4-bit parts as one projection over their adjacent packed bytes `weight`: a quantization state of the
+    joined shape whose block scales are the parts' own, end to end, in float32 (one product cannot take the
+    parts' separate double quantizations, each with an offset of its own). The scales are a copy, 4 bytes per
+    block of 64 weights (0.27 GB for Qwen2.5-7B's q|k|v and gate|up groups)."""
+    import bitsandbytes.functional as bnb_functional
+
+    first = parts[0].quant_state
+    with torch.no_grad():
+        scales = torch.cat([_block_scales(p.quant_state) for p in parts])
+    state = bnb_functional.QuantState(scales, shape=torch.Size((sum(p.shape[0] for p in parts), parts[0].shape[1])),
+                                      code=first.code, blocksize=first.blocksize, quant_type=first.quant_type,
+                                      dtype=first.dtype)
+    return Projection(weight, bias, quant_state=state, compute_dtype=parts[0].compute_dtype)
 
 
 def _joined_base(parts: Sequence[Projection], dtype: torch.dtype) -> Projection | None:
@@ -401,6 +448,8 @@ def share_frozen_storage(model: Any) -> int:
     the room (the active adapter's rank times the input size per part with an adapter) stays with the model.
     A group is left alone unless all its base layers are plain frozen linear layers of one dtype, device and
     input size, all with biases or none (`_can_share`); a single projection without an adapter is left too.
+    A 4-bit base's q|k|v and gate|up groups move their packed weights only, with no room (the stacked A is not
+    4-bit), when they are quantized alike (`_quantized_alike`): the decoder then makes one 4-bit product of each.
     Returns the number of groups moved (0 when they already were, with room for the adapter's rank or more)."""
     try:
         w = read_weights(model)
@@ -411,13 +460,11 @@ def share_frozen_storage(model: Any) -> int:
         for layer in w.layers:
             for names in INPUT_GROUPS:
                 parts = [getattr(layer, name) for name in names]
-                rank = _stacked_rank(parts)
-                # already joined with room for this rank or more (switching to the base model, rank 0, and back
-                # copies nothing), or a single projection without an adapter: nothing to gain
-                joined = _group_base(parts, rank) is not None and _room_for_a(parts) >= rank
-                if joined or not _can_share(parts):
+                quantized = parts[0].quant_state is not None
+                rank = 0 if quantized else _stacked_rank(parts)
+                if _already_joined(parts, rank) or not _can_share(parts):
                     continue
-                for name in ("weight", "bias"):
+                for name in ("weight",) if quantized else ("weight", "bias"):
                     params = [getattr(p, name) for p in parts]
                     if params[0] is None:
                         continue
@@ -426,23 +473,36 @@ def share_frozen_storage(model: Any) -> int:
                     for param in params:
                         param.data = joined[row:row + param.shape[0]]
                         row += param.shape[0]
-                _ROOM_FOR_A[parts[0].weight] = (parts[0].weight.untyped_storage().data_ptr(), rank)
+                if not quantized:
+                    _ROOM_FOR_A[parts[0].weight] = (parts[0].weight.untyped_storage().data_ptr(), rank)
                 moved += 1
     if moved and torch.cuda.is_available():
         torch.cuda.empty_cache()  # the old storages, freed, go back to the device
     return moved
 
 
+def _already_joined(parts: Sequence[Projection], rank: int) -> bool:
+    """Whether a group's base weights are joined already: adjacent with room for `rank` rows or more (switching to
+    the base model, rank 0, and back copies nothing), or packed 4-bit weights adjacent; a single projection
+    without an adapter counts as joined (there is nothing to gain)."""
+    if len(parts) == 1 and not rank:
+        return True
+    if parts[0].quant_state is not None:
+        return _adjacent_rows([p.weight for p in parts]) is not None
+    return _group_base(parts, rank) is not None and _room_for_a(parts) >= rank
+
+
 def _can_share(parts: Sequence[Projection]) -> bool:
-    """Whether a group's base weights can move: plain, frozen, one float dtype, device and input size, and
-    biases on all parts or none."""
+    """Whether a group's base weights can move: frozen parameters on one device with one input size, and either
+    plain weights of one float dtype with biases on all parts or none, or 4-bit weights quantized alike."""
     first = parts[0].weight
     params = [t for p in parts for t in (p.weight, p.bias) if t is not None]
-    return (all(p.quant_state is None and isinstance(p.weight, torch.nn.Parameter) for p in parts)
-            and not any(t.requires_grad for t in params)
-            and all(t.dtype == first.dtype and t.device == first.device and t.dtype in FLOAT_DTYPES
-                    for t in params)
-            and all(p.shape[1] == parts[0].shape[1] for p in parts)
+    if (not all(isinstance(p.weight, torch.nn.Parameter) for p in parts) or any(t.requires_grad for t in params)
+            or any(p.shape[1] != parts[0].shape[1] for p in parts)):
+        return False
+    if any(p.quant_state is not None for p in parts):
+        return _quantized_alike(parts)
+    return (all(t.dtype == first.dtype and t.device == first.device and t.dtype in FLOAT_DTYPES for t in params)
             and len({p.bias is None for p in parts}) == 1)
 
 
@@ -500,8 +560,10 @@ def read_weights(model: Any) -> Weights:
     )
 
 
-def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool) -> int:
-    """GPU bytes a StaticDecoder of this shape holds between rounds: its KV cache, and the merged copy if any.
+def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool,
+                         share_storage: bool | None = None) -> int:
+    """GPU bytes a StaticDecoder of this shape holds between rounds: its KV cache, and the merged copy if any, or
+    read live, the stacked adapter copies (and for a 4-bit base, its bias copies and joined groups' block scales).
     0 for a model it does not support (the engine then uses transformers' generate)."""
     try:
         w = read_weights(model)
@@ -512,11 +574,21 @@ def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool) -
     cache = 2 * len(w.layers) * batch * w.kv_heads * length * w.head_dim * size
     cache += sum(t.numel() for t in _cast_sources(w, dtype)) * size  # copies in the compute dtype (4-bit models)
     if not merged:
-        stacked = sum(math.prod(shape) for layer in w.layers for names in INPUT_GROUPS
-                      for shape in _stacked_shapes([getattr(layer, name) for name in names]))
-        return cache + (sum(p.shape[0] for p in _live_4bit_biased(w)) + stacked) * size  # 4-bit biases copied
+        groups = [[getattr(layer, name) for name in names] for layer in w.layers for names in INPUT_GROUPS]
+        stacked = sum(math.prod(shape) for parts in groups for shape in _stacked_shapes(parts))
+        scales = 0
+        if _shares_storage(w, share_storage):  # float32 block scales of the 4-bit groups made one product
+            scales = sum(math.prod(p.shape) // p.quant_state.blocksize * 4 for parts in groups
+                         if len(parts) > 1 and _quantized_alike(parts) for p in parts)
+        return cache + (sum(p.shape[0] for p in _live_4bit_biased(w)) + stacked) * size + scales  # 4-bit biases
     linear = sum(math.prod(p.shape) for layer in w.layers for p in layer.projections())
     return cache + linear * size
+
+
+def _shares_storage(w: Weights, share_storage: bool | None) -> bool:
+    """Whether a decoder read live joins the frozen storage: as asked, or by default on a GPU, where it saves
+    kernel launches (on a CPU it gained nothing measurable: docs/benchmarks.md, session 16)."""
+    return w.embed.device.type == "cuda" if share_storage is None else share_storage
 
 
 def _is_quantized(w: Weights) -> bool:
@@ -571,18 +643,25 @@ def _with_bias_copies(w: Weights, dtype: torch.dtype) -> tuple[Weights, list[tup
     """`w` with each 4-bit projection's bias replaced by a copy in `dtype`, and the (copy, projection) pairs.
 
     A 4-bit layer's bias is recast (a new tensor) by bitsandbytes' forward whenever its dtype differs from
-    the input's, so a captured step cannot read it in place; the copies are refreshed every round."""
+    the input's, so a captured step cannot read it in place; the copies are refreshed every round. The copies
+    of one input group (Qwen2's q, k, v) are adjacent slices of one tensor, as a joined 4-bit product needs."""
     pairs: list[tuple[torch.Tensor, Projection]] = []
 
-    def copied(proj: Projection) -> Projection:
-        if proj.quant_state is None or proj.module.bias is None:
-            return proj
-        copy = torch.empty(proj.shape[0], dtype=dtype, device=proj.weight.device)
-        pairs.append((copy, proj))
-        return dataclasses.replace(proj, bias=copy)
+    def copied(layer: Layer) -> dict[str, Projection]:
+        out = {}
+        for names in INPUT_GROUPS:
+            biased = {name: proj for name in names
+                      if (proj := getattr(layer, name)).quant_state is not None and proj.module.bias is not None}
+            if not biased:
+                continue
+            sizes = [proj.shape[0] for proj in biased.values()]
+            copies = torch.empty(sum(sizes), dtype=dtype, device=next(iter(biased.values())).weight.device)
+            for (name, proj), copy in zip(biased.items(), copies.split(sizes)):
+                pairs.append((copy, proj))
+                out[name] = dataclasses.replace(proj, bias=copy)
+        return out
 
-    layers = [dataclasses.replace(layer, **{name: copied(getattr(layer, name)) for name in PROJECTIONS})
-              for layer in w.layers]
+    layers = [dataclasses.replace(layer, **copied(layer)) for layer in w.layers]
     return dataclasses.replace(w, layers=layers), pairs
 
 
@@ -705,9 +784,7 @@ class StaticDecoder:
                  merged: bool = False, share_storage: bool | None = None, check_every: int = 8) -> None:
         self.model = model
         read = read_weights(model)  # an unsupported model is refused before anything is changed
-        if share_storage is None:  # on a GPU, where it saves kernel launches (on a CPU it gained nothing
-            share_storage = read.embed.device.type == "cuda"  # measurable: docs/benchmarks.md, session 16)
-        if not merged and share_storage and share_frozen_storage(model):
+        if not merged and _shares_storage(read, share_storage) and share_frozen_storage(model):
             read = read_weights(model)
         self.batch, self.width, self.max_new = batch, width, max_new
         self.length = width + max_new
