@@ -17,9 +17,9 @@
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
 #   preflight  the preflight's out-of-memory message at the worst case of a 4096-token recipe
-#   seed_before, batched_before, seed_live_before  the seed, batched and seed_live parts run by an older copy of the code in
-#              .carry/before (git archive COMMIT grpo_r1 rewards recipes | tar -x -C .carry/before),
-#              for a before/after pair in one invocation
+#   seed_before, batched_before, seed_live_before, q7b_live_before, q7b_unsloth_backend_before  those parts run by
+#              an older copy of the code in .carry/before (git archive COMMIT grpo_r1 rewards recipes | tar -x -C
+#              .carry/before), for a before/after pair in one invocation
 #   batched_mb24, batched_mb48  the batched shape in 2 micro-batches of 24, or 1 of 48 (instead of 4 of 12)
 #   batched_mb24_expandable, batched_mb48_expandable  2 of 24 or 1 of 48 with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 #   batched_liger_mb24  the batched shape as the planner picked it: Liger's loss, 2 micro-batches of 24
@@ -94,6 +94,10 @@ for part in "$@"; do
     seed_before) CODE_DIR=.carry/before bench seed_before ;;
     batched_before) CODE_DIR=.carry/before bench batched_before "${BATCHED[@]}" ;;
     seed_live_before) CODE_DIR=.carry/before bench seed_live_before generation.merged_weights=false ;;
+    q7b_live_before) CODE_DIR=.carry/before bench q7b_live_before model.architecture=qwen2.5-7b model.load_in_4bit=true \
+        generation.merged_weights=false ;;
+    q7b_unsloth_backend_before) CODE_DIR=.carry/before bench q7b_unsloth_backend_before model.architecture=qwen2.5-7b \
+        model.load_in_4bit=true generation.merged_weights=false model.backend=unsloth model.gradient_checkpointing=unsloth ;;
     batched_mb24) bench batched_mb24 training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
     batched_mb24_expandable) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True bench batched_mb24_expandable \
         training.per_device_train_batch_size=24 training.gradient_accumulation_steps=2 ;;
