@@ -14,6 +14,8 @@
 #              each test's outcome is printed; GPU_TEST_ARGS adds pytest arguments (-k "bf16 and qwen2.5-3b")
 #   micro      the static decoder's time per token, memory and logprob gap (benchmarks/gen_microbench.py;
 #              MICRO_ARGS adds its options, e.g. --batches 6 --variants live,merged)
+#   fourbit    one decode token's 4-bit products by shape and by the way bitsandbytes computes them
+#              (benchmarks/fourbit_products.py; FOURBIT_ARGS adds its options, e.g. --rows 48)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
 #   preflight  the preflight's out-of-memory message at the worst case of a 4096-token recipe
@@ -122,6 +124,7 @@ for part in "$@"; do
     gpu_tests) timeout $limit python -m pytest -v --tb=line -p no:cacheprovider -p no:logging -m gpu \
         ${GPU_TESTS:-tests/unit/test_packing.py} ${GPU_TEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" \
         | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E |^/" | tail -40 ;;
+    fourbit) timeout $limit python benchmarks/fourbit_products.py ${FOURBIT_ARGS:-} 2>&1 | tee "$out/fourbit.log" | show 12 ;;
     micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" ${MICRO_ARGS:-} 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
     batched_levers) mkdir -p "$out/batched"
