@@ -13,8 +13,8 @@ a decode step's rows, `--layers` distinct weights one after the other, captured 
   bf16          a plain bf16 product of the same shape (what a dequantized copy of the weight would cost)
 
 and the shapes `q|k|v` and `gate|up` joined, to set against their parts (v has k's shape, up gate's). Per
-shape: microseconds per product and the GB/s of packed 4-bit weights read. The internal functions are bitsandbytes 0.50's; where
-they are missing the row says so.
+shape: microseconds per product and the GB/s of packed 4-bit weights read. The internal functions are
+bitsandbytes 0.50's; where they are missing, their cells say "-".
 
     python benchmarks/fourbit_products.py [--rows 6] [--layers 28] [--hidden 3584] [--kv 512] [--ffn 18944]
 """

@@ -16,6 +16,8 @@
 #              MICRO_ARGS adds its options, e.g. --batches 6 --variants live,merged)
 #   fourbit    one decode token's 4-bit products by shape and by the way bitsandbytes computes them
 #              (benchmarks/fourbit_products.py; FOURBIT_ARGS adds its options, e.g. --rows 48)
+#   decode_profile  the static decoder's kernels per token, by kind and the longest (benchmarks/decode_profile.py;
+#              PROFILE_ARGS adds overrides and options, e.g. --variant merged, or model.load_in_4bit=true)
 #   levers     the memory levers, one bench run each (benchmarks/memory_levers.sh)
 #   batched_levers  the same levers at the batched shape (into $OUT/batched/)
 #   preflight  the preflight's out-of-memory message at the worst case of a 4096-token recipe
@@ -125,6 +127,8 @@ for part in "$@"; do
         ${GPU_TESTS:-tests/unit/test_packing.py} ${GPU_TEST_ARGS:-} 2>&1 | tee "$out/gpu_tests.log" \
         | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E |^/" | tail -40 ;;
     fourbit) timeout $limit python benchmarks/fourbit_products.py ${FOURBIT_ARGS:-} 2>&1 | tee "$out/fourbit.log" | show 12 ;;
+    decode_profile) timeout $limit python benchmarks/decode_profile.py $R "${QWEN_ARGS[@]}" ${PROFILE_ARGS:-} 2>&1 \
+        | tee "$out/decode_profile.log" | show 40 ;;
     micro) timeout $limit python benchmarks/gen_microbench.py $R "${QWEN_ARGS[@]}" ${MICRO_ARGS:-} 2>&1 | tee "$out/micro.log" | show 12 ;;
     levers) timeout $limit bash benchmarks/memory_levers.sh "$out" $LEVERS 2>&1 | tee "$out/levers.log" | show 40 ;;
     batched_levers) mkdir -p "$out/batched"
