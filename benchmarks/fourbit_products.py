@@ -20,28 +20,9 @@ bitsandbytes 0.50's; where they are missing, their cells say "-".
 """
 
 import argparse
-import time
 
 import torch
-
-
-def _time_graph(fn, replays: int) -> float:
-    """Seconds per replay of `fn` captured in a CUDA graph (after a warm-up outside it)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(replays):
-        graph.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / replays
+from graph_timing import replay_seconds
 
 
 def _shape_cells(n: int, k: int, args: argparse.Namespace) -> list[str]:
@@ -78,7 +59,7 @@ def _shape_cells(n: int, k: int, args: argparse.Namespace) -> list[str]:
         if way not in ways:
             cells.append(f"{'-':>18s}")
             continue
-        per = _time_graph(ways[way], args.replays) / args.layers
+        per = replay_seconds(ways[way], args.replays) / args.layers
         cells.append(f"{per * 1e6:7.1f} us {n * k / 2 / per / 1e9:5.0f} GB/s")
     return cells
 

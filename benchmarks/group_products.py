@@ -15,9 +15,9 @@ whole step.  python benchmarks/group_products.py [--batch 6] [--rank 64] [--laye
 """
 
 import argparse
-import time
 
 import torch
+from graph_timing import replay_seconds
 
 
 def main() -> None:
@@ -75,23 +75,8 @@ def main() -> None:
     print(f"batch {args.batch}, rank {r}, {args.layers} layers, hidden {h}, ffn {args.ffn}, "
           f"{weight_bytes / 1e9:.2f} GB of base weights, {torch.cuda.get_device_name()}")
     for name, fn in (("peft", peft), ("stacked", stacked), ("joined", joined), ("merged", merged)):
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            fn()  # warm up cuBLAS's choices before capture
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        graph.replay()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(args.replays):
-            graph.replay()
-        torch.cuda.synchronize()
-        ms = (time.perf_counter() - start) / args.replays * 1e3
+        ms = replay_seconds(fn, args.replays) * 1e3
         print(f"{name:8s} {ms:7.3f} ms per token  {weight_bytes / ms / 1e6:7.0f} GB/s of base weights")
-        del graph
 
 
 if __name__ == "__main__":

@@ -503,20 +503,22 @@ def test_a_4bit_base_read_live_joins_q_k_v_and_gate_up_into_one_4bit_product_eac
     assert decoder_memory_bytes(model, batch=2, length=20, merged=False, share_storage=share) == held
 
 
+def _forward_and_grads(model, ids):
+    """A training forward's logits and every trainable parameter's gradient, for `ids` as their own labels."""
+    model.zero_grad()
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def test_sharing_a_4bit_base_moves_the_packed_weights_and_changes_no_forward_or_gradient(tmp_path):
     from grpo_r1.engines.static_decoder import share_frozen_storage
 
     model = _tiny_qlora(tmp_path, torch.float32)
     ids = torch.randint(2, VOCAB, (2, 12))
 
-    def forward_and_grads():
-        model.zero_grad()
-        out = model(ids, labels=ids)
-        out.loss.backward()
-        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    logits, grads = forward_and_grads()
+    logits, grads = _forward_and_grads(model, ids)
     assert share_frozen_storage(model) == 2 * 2  # q|k|v and gate|up in each of 2 layers (o and down are alone)
     assert share_frozen_storage(model) == 0
     attn = model.base_model.model.model.layers[0].self_attn
@@ -526,7 +528,7 @@ def test_sharing_a_4bit_base_moves_the_packed_weights_and_changes_no_forward_or_
     assert attn.q_proj.base_layer.bias.untyped_storage().data_ptr() != \
         attn.k_proj.base_layer.bias.untyped_storage().data_ptr()  # biases stay: the decoder reads copies
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
-    logits_after, grads_after = forward_and_grads()
+    logits_after, grads_after = _forward_and_grads(model, ids)
     assert torch.equal(logits, logits_after)
     assert grads.keys() == grads_after.keys() and all(torch.equal(grads[n], grads_after[n]) for n in grads)
 
@@ -558,14 +560,8 @@ def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the
     model = _tiny_qwen2().train()
     ids = torch.randint(2, VOCAB, (2, 12))
 
-    def forward_and_grads():
-        model.zero_grad()
-        out = model(ids, labels=ids)
-        out.loss.backward()
-        return out.logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    logits, grads = forward_and_grads()
+    logits, grads = _forward_and_grads(model, ids)
     attn = model.base_model.model.model.layers[0].self_attn
     assert attn.q_proj.base_layer.weight.untyped_storage().data_ptr() != \
         attn.k_proj.base_layer.weight.untyped_storage().data_ptr()
@@ -583,7 +579,7 @@ def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the
     assert len({t.untyped_storage().data_ptr() for t in shared[3:]}) == 1
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
     assert all(isinstance(p, torch.nn.Parameter) for p in shared)
-    logits_after, grads_after = forward_and_grads()
+    logits_after, grads_after = _forward_and_grads(model, ids)
     assert torch.equal(logits, logits_after)
     assert grads.keys() == grads_after.keys() and all(torch.equal(grads[n], grads_after[n]) for n in grads)
     merged = model.merge_and_unload()  # what an export does
