@@ -16,11 +16,11 @@ runs it (TRL reports the same gap as sampling/sampling_logp_difference). Variant
                for the stacked A (8 products per layer; a 4-bit base: q|k|v and gate|up one 4-bit
                product each, 12 products, 4 of them 4-bit); this moves the model's weights for
                good, so it must come after own-storage
+  merged       a merged, fused copy of the weights (4 products per layer, one more copy)
 
 Qwen2.5-7B QLoRA, own storage against joined in one process:
     MICRO_ARGS="model.architecture=qwen2.5-7b model.load_in_4bit=true --batches 6 --variants own-storage,live" \
         bash benchmarks/gpu_bench.sh micro
-  merged       a merged, fused copy of the weights (4 products per layer, one more copy)
 """
 
 import argparse

@@ -347,7 +347,7 @@ def _group_base(parts: Sequence[Projection], extra_rows: int = 0) -> Projection 
     if len({p.bias is None for p in parts}) != 1:
         return None
     quantized = any(p.quant_state is not None for p in parts)
-    if quantized and (extra_rows or not _quantized_alike(parts)):
+    if quantized and (extra_rows or not _joinable_4bit(parts)):
         return None
     weight = _adjacent_rows([p.weight for p in parts], extra_rows)
     bias = None if parts[0].bias is None else _adjacent_rows([p.bias for p in parts], extra_rows)
@@ -356,14 +356,17 @@ def _group_base(parts: Sequence[Projection], extra_rows: int = 0) -> Projection 
     return _joined_4bit(parts, weight, bias) if quantized else Projection(weight, bias)
 
 
-def _quantized_alike(parts: Sequence[Projection]) -> bool:
-    """Whether 4-bit parts can be one 4-bit product: packed in bytes (bitsandbytes' default storage), not
-    repacked for its CPU kernel, one quantization (type, block size, code, dtype), compute dtype, device and
-    input size, and each part a whole number of blocks (so their block scales, end to end, are the joined
-    weight's)."""
+def _joinable_4bit(parts: Sequence[Projection]) -> bool:
+    """Whether 4-bit parts can be joined into one 4-bit product: two or more frozen 4-bit weights packed in bytes
+    (bitsandbytes' default storage), not repacked for its CPU kernel, of one quantization (type, block size,
+    code, dtype), compute dtype, device and input size, with biases on all parts or none, and each part a whole
+    number of blocks (so their block scales, end to end, are the joined weight's). `share_frozen_storage` joins
+    such a group, the decoder makes it one product, and `decoder_memory_bytes` counts its scales."""
     states = [p.quant_state for p in parts]
     first = states[0]
-    return (all(s is not None and not getattr(s, "packing_format_for_cpu", False) for s in states)
+    return (len(parts) > 1 and all(s is not None and not getattr(s, "packing_format_for_cpu", False) for s in states)
+            and all(isinstance(p.weight, torch.nn.Parameter) and not p.weight.requires_grad for p in parts)
+            and len({p.bias is None for p in parts}) == 1
             and all(p.weight.dtype == torch.uint8 and p.weight.device == parts[0].weight.device for p in parts)
             and all(s.quant_type == first.quant_type and s.blocksize == first.blocksize and s.dtype == first.dtype
                     and torch.equal(s.code, first.code) for s in states)
@@ -384,7 +387,9 @@ def _joined_4bit(parts: Sequence[Projection], weight: torch.Tensor, bias: torch.
     """4-bit parts as one projection over their adjacent packed bytes `weight`: a quantization state of the
     joined shape whose block scales are the parts' own, end to end, in float32 (one product cannot take the
     parts' separate double quantizations, each with an offset of its own). The scales are a copy, 4 bytes per
-    block of 64 weights (0.27 GB for Qwen2.5-7B's q|k|v and gate|up groups)."""
+    block of 64 weights (0.27 GB for Qwen2.5-7B's q|k|v and gate|up groups). For the prefill's many rows
+    bitsandbytes dequantizes into a temporary, now of the joined shape (gate|up of Qwen2.5-7B: 271 MB in bf16,
+    against 136 MB a part); the preflight's real round measures that peak."""
     import bitsandbytes.functional as bnb_functional
 
     first = parts[0].quant_state
@@ -449,7 +454,9 @@ def share_frozen_storage(model: Any) -> int:
     A group is left alone unless all its base layers are plain frozen linear layers of one dtype, device and
     input size, all with biases or none (`_can_share`); a single projection without an adapter is left too.
     A 4-bit base's q|k|v and gate|up groups move their packed weights only, with no room (the stacked A is not
-    4-bit), when they are quantized alike (`_quantized_alike`): the decoder then makes one 4-bit product of each.
+    4-bit), when they can be joined (`_joinable_4bit`): the decoder then makes one 4-bit product of each. A deep
+    copy of a model so shared copies the whole joined tensor for each 4-bit slice (bitsandbytes' Params4bit
+    deep-copies its data without the memo); nothing in grpo_r1 deep-copies a model.
     Returns the number of groups moved (0 when they already were, with room for the adapter's rank or more)."""
     try:
         w = read_weights(model)
@@ -493,16 +500,16 @@ def _already_joined(parts: Sequence[Projection], rank: int) -> bool:
 
 
 def _can_share(parts: Sequence[Projection]) -> bool:
-    """Whether a group's base weights can move: frozen parameters on one device with one input size, and either
-    plain weights of one float dtype with biases on all parts or none, or 4-bit weights quantized alike."""
+    """Whether a group's base weights can move: 4-bit weights that can be joined (their biases stay where they
+    are), or plain frozen weights and biases of one float dtype, device and input size, with biases on all parts
+    or none."""
+    if any(p.quant_state is not None for p in parts):
+        return _joinable_4bit(parts)
     first = parts[0].weight
     params = [t for p in parts for t in (p.weight, p.bias) if t is not None]
-    if (not all(isinstance(p.weight, torch.nn.Parameter) for p in parts) or any(t.requires_grad for t in params)
-            or any(p.shape[1] != parts[0].shape[1] for p in parts)):
-        return False
-    if any(p.quant_state is not None for p in parts):
-        return _quantized_alike(parts)
-    return (all(t.dtype == first.dtype and t.device == first.device and t.dtype in FLOAT_DTYPES for t in params)
+    return (all(isinstance(p.weight, torch.nn.Parameter) for p in parts) and not any(t.requires_grad for t in params)
+            and all(t.dtype == first.dtype and t.device == first.device and t.dtype in FLOAT_DTYPES for t in params)
+            and all(p.shape[1] == parts[0].shape[1] for p in parts)
             and len({p.bias is None for p in parts}) == 1)
 
 
@@ -576,10 +583,10 @@ def decoder_memory_bytes(model: Any, *, batch: int, length: int, merged: bool,
     if not merged:
         groups = [[getattr(layer, name) for name in names] for layer in w.layers for names in INPUT_GROUPS]
         stacked = sum(math.prod(shape) for parts in groups for shape in _stacked_shapes(parts))
-        scales = 0
-        if _shares_storage(w, share_storage):  # float32 block scales of the 4-bit groups made one product
-            scales = sum(math.prod(p.shape) // p.quant_state.blocksize * 4 for parts in groups
-                         if len(parts) > 1 and _quantized_alike(parts) for p in parts)
+        shares = _shares_storage(w, share_storage)
+        scales = sum(math.prod(p.shape) // p.quant_state.blocksize * 4  # float32 block scales of joined 4-bit groups
+                     for parts in groups if _joinable_4bit(parts)
+                     and (shares or _adjacent_rows([p.weight for p in parts]) is not None) for p in parts)
         return cache + (sum(p.shape[0] for p in _live_4bit_biased(w)) + stacked) * size + scales  # 4-bit biases
     linear = sum(math.prod(p.shape) for layer in w.layers for p in layer.projections())
     return cache + linear * size

@@ -228,7 +228,12 @@ def _tiny_qlora(tmp_path, dtype, compute_dtype=None, prepare=prepare_4bit_model)
     with a non-zero B."""
     from transformers import BitsAndBytesConfig
 
-    _tiny_qwen2(lora=False).save_pretrained(tmp_path)
+    plain = _tiny_qwen2(lora=False)
+    with torch.no_grad():  # q/k/v biases of their own (Qwen2 starts them at zero), so a swapped bias shows
+        for name, param in plain.named_parameters():
+            if name.endswith("proj.bias"):
+                param.normal_(std=0.5)
+    plain.save_pretrained(tmp_path)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=compute_dtype or dtype)
     base = Qwen2ForCausalLM.from_pretrained(tmp_path, quantization_config=quantization, device_map="cpu", dtype=dtype)
@@ -495,12 +500,19 @@ def test_a_4bit_base_read_live_joins_q_k_v_and_gate_up_into_one_4bit_product_eac
     # storage: 7 4-bit products, the 4 stacked A and 7 B addmms; both: the lm_head (not 4-bit)
     assert _4bit_products_per_step(decoder, ids, mask) == ((4 * layers, 8 * layers + 1) if share
                                                            else (7 * layers, 11 * layers + 1))
-    copies = [c for c, _ in (*decoder._casts, *decoder._bias_copies)]
-    held = sum(t.numel() * t.element_size() for t in (*decoder.k_cache, *decoder.v_cache, *copies))
-    held += _stacked_bytes(decoder)
-    held += sum(group.base.quant_state.absmax.numel() * 4 for groups in decoder.live for group in groups
-                if group.base is not None and group.base.quant_state is not None and len(group.parts) > 1)
-    assert decoder_memory_bytes(model, batch=2, length=20, merged=False, share_storage=share) == held
+
+    def held(decoder):
+        copies = [c for c, _ in (*decoder._casts, *decoder._bias_copies)]
+        out = sum(t.numel() * t.element_size() for t in (*decoder.k_cache, *decoder.v_cache, *copies))
+        return out + _stacked_bytes(decoder) + sum(
+            group.base.quant_state.absmax.numel() * 4 for groups in decoder.live for group in groups
+            if group.base is not None and group.base.quant_state is not None and len(group.parts) > 1)
+
+    assert decoder_memory_bytes(model, batch=2, length=20, merged=False, share_storage=share) == held(decoder)
+    if share:  # storage joined before: a decoder asked not to share still finds the groups joined, and counts so
+        again = _decoder(model, 2, 16, 4, stop_token_ids=[], merged=False, share_storage=False)
+        assert again.live[0][0].base is not None
+        assert decoder_memory_bytes(model, batch=2, length=20, merged=False, share_storage=False) == held(again)
 
 
 def _forward_and_grads(model, ids):
