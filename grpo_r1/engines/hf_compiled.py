@@ -45,7 +45,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from grpo_r1.engines.base import Completion, Engine, SamplingSettings
-from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel, decoder_memory_bytes
+from grpo_r1.engines.decoder_weights import UnsupportedModel
+from grpo_r1.engines.static_decoder import StaticDecoder, decoder_memory_bytes
 from grpo_r1.errors import EngineError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class CompiledHFEngine(Engine):
 
     `decoder`: "auto" uses the static decoder where the model allows it, "static" requires it,
     "generate" always uses transformers' generate. `merged`: the static decoder samples from a
-    merged, fused copy of the linear weights (see `grpo_r1.engines.static_decoder`).
+    merged, fused copy of the linear weights (see `grpo_r1.engines.decoder_projections`).
     `prompt_width`: the longest prompt expected, in tokens; every round pads to at least that.
     """
 

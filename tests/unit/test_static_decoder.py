@@ -15,8 +15,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from grpo_r1.engines.base import SamplingSettings
+from grpo_r1.engines.decoder_weights import UnsupportedModel, read_weights
 from grpo_r1.engines.hf_compiled import CompiledHFEngine
-from grpo_r1.engines.static_decoder import StaticDecoder, UnsupportedModel, read_weights
+from grpo_r1.engines.static_decoder import StaticDecoder
 from grpo_r1.errors import EngineError
 from grpo_r1.model.loading import prepare_4bit_model
 
@@ -356,7 +357,7 @@ def test_a_4bit_base_under_bitsandbytes_before_0_50_is_refused(tmp_path, monkeyp
     """Before 0.50, matmul_4bit took the weight transposed (bitsandbytes' own layer passed weight.t()): the decoder
     refuses such a model (the engine then falls back to generate) rather than multiply by the transpose."""
     model = _tiny_qlora(tmp_path, torch.float32)
-    monkeypatch.setattr("grpo_r1.engines.static_decoder._bitsandbytes_version", lambda: Version("0.49.2"))
+    monkeypatch.setattr("grpo_r1.engines.decoder_weights._bitsandbytes_version", lambda: Version("0.49.2"))
     with pytest.raises(UnsupportedModel, match="bitsandbytes>=0.50"):
         _decoder(model, 3, 16, 10, merged=False)
 
@@ -524,7 +525,7 @@ def _forward_and_grads(model, ids):
 
 
 def test_sharing_a_4bit_base_moves_the_packed_weights_and_changes_no_forward_or_gradient(tmp_path):
-    from grpo_r1.engines.static_decoder import share_frozen_storage
+    from grpo_r1.engines.decoder_projections import share_frozen_storage
 
     model = _tiny_qlora(tmp_path, torch.float32)
     ids = torch.randint(2, VOCAB, (2, 12))
@@ -567,7 +568,7 @@ def test_an_adapter_of_another_rank_gets_room_of_its_own_and_decodes_as_the_forw
 
 
 def test_sharing_the_frozen_storage_changes_no_value_forward_or_gradient_and_the_model_still_exports(tmp_path):
-    from grpo_r1.engines.static_decoder import share_frozen_storage
+    from grpo_r1.engines.decoder_projections import share_frozen_storage
 
     model = _tiny_qwen2().train()
     ids = torch.randint(2, VOCAB, (2, 12))
