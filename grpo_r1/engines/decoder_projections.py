@@ -114,7 +114,8 @@ class LiveGroup:
     When the parts' base weights are adjacent rows of one tensor with the stacked A as its last rows
     (`share_frozen_storage` puts them so; `joined`), one product gives both the base outputs and x A^T,
     and B is added by one addmm: two products for the whole group. When the base weights are adjacent
-    but the A copy lives apart, three (base, A, B). Otherwise each part's base is a product of its own and
+    but the A copy lives apart, three (base, A, B): so for a 4-bit base joined by `share_frozen_storage`,
+    whose base is one 4-bit product (`_joined_4bit`). Otherwise each part's base is a product of its own and
     its B is added by an addmm of its own. A group with an adapter bias (PEFT's lora_bias) is computed part
     by part, as `Projection` does (`one_by_one`)."""
 
