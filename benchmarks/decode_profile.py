@@ -16,17 +16,12 @@ import argparse
 from collections import defaultdict
 
 import torch
+from decoder_bench_setup import VARIANTS, left_padded, model_on_gpu, prompt_tokens
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from grpo_r1.engines.static_decoder import StaticDecoder
-from grpo_r1.model import load_model
-from grpo_r1.prompts import tokenize_prompts
-from grpo_r1.recipe import load_recipe
 
-VARIANTS = {"own-storage": {"merged": False, "share_storage": False},
-            "live": {"merged": False, "share_storage": True},
-            "merged": {"merged": True}}
 KINDS = (("4-bit", ("4bit", "kdequantize", "dequantize")), ("product", ("gemm", "gemv", "cutlass", "nvjet", "xmma")),
          ("triton", ("triton",)), ("copy", ("memcpy", "memset", "copy", "fill")))
 
@@ -63,19 +58,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 1 <= args.short < args.long:
         parser.error("--short must be at least 1 and less than --long")
-    recipe = load_recipe(args.recipe, args.overrides)
-    loaded = load_model(recipe)
-    model, tok = loaded.model.to("cuda"), loaded.tokenizer
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=1e-3)
-    prompt = tokenize_prompts(tok, [[{"role": "user", "content": "What is 12 times 7? " * 8}]])[0]
+    model, tok = model_on_gpu(args.recipe, args.overrides)
     pad = tok.pad_token_id or 0
-    ids = torch.full((args.rows, args.width), pad, dtype=torch.long)
-    mask = torch.zeros((args.rows, args.width), dtype=torch.long)
-    ids[:, -len(prompt):] = torch.tensor(prompt)
-    mask[:, -len(prompt):] = 1
+    ids, mask = left_padded(prompt_tokens(tok), args.rows, args.width, pad)
     decoder = StaticDecoder(model, batch=args.rows, width=args.width, max_new=args.long, temperature=1.0, top_p=1.0,
                             stop_token_ids=[], pad_token_id=pad, compile=True, graph=False, **VARIANTS[args.variant])
     decoder.sample(ids, mask, args.long)  # compiles

@@ -27,15 +27,9 @@ import argparse
 import time
 
 import torch
+from decoder_bench_setup import VARIANTS, left_padded, model_on_gpu, prompt_tokens
 
 from grpo_r1.engines.static_decoder import StaticDecoder
-from grpo_r1.model import load_model
-from grpo_r1.prompts import tokenize_prompts
-from grpo_r1.recipe import load_recipe
-
-VARIANTS = {"own-storage": {"merged": False, "share_storage": False},
-            "live": {"merged": False, "share_storage": True},
-            "merged": {"merged": True}}
 
 
 def main() -> None:
@@ -52,21 +46,12 @@ def main() -> None:
     if unknown or ("own-storage" in variants and "live" in variants
                    and variants.index("own-storage") > variants.index("live")):
         parser.error(f"--variants: a comma-separated list of {', '.join(VARIANTS)}, own-storage before live")
-    recipe = load_recipe(args.recipe, args.overrides)
-    loaded = load_model(recipe)
-    model, tok = loaded.model.to("cuda"), loaded.tokenizer
-    with torch.no_grad():  # a trained adapter: B at zero would make the LoRA products no-ops on the values
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=1e-3)
-    prompt = tokenize_prompts(tok, [[{"role": "user", "content": "What is 12 times 7? " * 8}]])[0]
+    model, tok = model_on_gpu(args.recipe, args.overrides)
+    prompt = prompt_tokens(tok)
     pad = tok.pad_token_id or 0
     for variant in variants:
         for batch in [int(b) for b in args.batches.split(",")]:
-            ids = torch.full((batch, args.width), pad, dtype=torch.long)
-            mask = torch.zeros((batch, args.width), dtype=torch.long)
-            ids[:, -len(prompt):] = torch.tensor(prompt)
-            mask[:, -len(prompt):] = 1
+            ids, mask = left_padded(prompt, batch, args.width, pad)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             before = torch.cuda.memory_allocated()
